@@ -1,0 +1,386 @@
+"""A local stand-in for OpenAI's API, speaking its wire format.
+
+Run it as a process: `python -m tests.fakes.openai_server --port 8765`. The tests
+and benchmarks start it on 127.0.0.1 and point OPENAI_UPSTREAM_BASE_URL at
+`http://127.0.0.1:<port>/v1`.
+
+Behaviour, deterministic so tests can assert exact numbers:
+- Keys: `Authorization: Bearer sk-…` is accepted; a key containing "invalid" gets
+  OpenAI's 401 envelope.
+- Chat completions: the answer is `FAKE_WORDS` words (each one token), cut to
+  max_tokens / max_completion_tokens; prompt_tokens = UTF-8 bytes of the messages'
+  text // 4 (never more than the bytes, like a real BPE). n>1, tools (a tool call),
+  response_format json_object (a JSON answer) and streaming (with
+  stream_options.include_usage) are supported.
+- Responses API and embeddings likewise, with usage.
+- Control headers (what a test needs to force): `X-Fake-Status: 500` answers that
+  status in the error envelope; `X-Fake-Delay-Ms: N` sleeps N ms before answering
+  (and between stream events); `X-Fake-No-Usage: 1` omits the usage chunk of a stream;
+  `X-Fake-Drop-After: N` closes the connection after N stream events.
+- `GET /_fake/stats` returns request counts per path; `POST /_fake/reset` clears them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+
+FAKE_WORDS = 20
+MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano", "text-embedding-3-small"]
+
+stats: Counter[str] = Counter()
+
+
+def error(status: int, message: str, type_: str, code: str | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return web.json_response(body, status=status)
+
+
+def text_bytes(value: Any) -> int:
+    """UTF-8 bytes of every string inside a JSON value."""
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, list):
+        return sum(text_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(text_bytes(v) for v in value.values())
+    return 0
+
+
+def check_auth(request: web.Request) -> web.Response | None:
+    auth = request.headers.get("Authorization", "")
+    if not auth.startswith("Bearer sk-"):
+        return error(401, "You didn't provide an API key.", "invalid_request_error")
+    if "invalid" in auth:
+        return error(
+            401,
+            "Incorrect API key provided: sk-…. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            "invalid_api_key",
+        )
+    return None
+
+
+async def preamble(request: web.Request) -> web.Response | None:
+    stats[request.path] += 1
+    denied = check_auth(request)
+    if denied is not None:
+        return denied
+    delay = int(request.headers.get("X-Fake-Delay-Ms", "0"))
+    forced = request.headers.get("X-Fake-Status")
+    if delay and not request.headers.get("X-Fake-Stream-Delay-Only"):
+        await asyncio.sleep(delay / 1000)
+    if forced:
+        status = int(forced)
+        return error(status, f"The fake server was told to fail with {status}.", "server_error")
+    return None
+
+
+def answer_words(limit: int | None) -> list[str]:
+    count = FAKE_WORDS if limit is None else max(0, min(FAKE_WORDS, limit))
+    return [f"word{i}" for i in range(count)]
+
+
+async def models(request: web.Request) -> web.Response:
+    early = await preamble(request)
+    if early is not None:
+        return early
+    data = [
+        {"id": m, "object": "model", "created": 1700000000, "owned_by": "openai"} for m in MODELS
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+def chat_choice(index: int, body: dict[str, Any], words: list[str]) -> tuple[dict[str, Any], int]:
+    """One choice and its completion token count."""
+    if body.get("tools"):
+        tool = body["tools"][0]["function"]["name"]
+        args = json.dumps({"words": len(words)})
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": f"call_{index}",
+                    "type": "function",
+                    "function": {"name": tool, "arguments": args},
+                }
+            ],
+            "refusal": None,
+        }
+        return {
+            "index": index,
+            "message": message,
+            "finish_reason": "tool_calls",
+            "logprobs": None,
+        }, len(words)
+    fmt = (body.get("response_format") or {}).get("type")
+    content = json.dumps({"answer": " ".join(words)}) if fmt == "json_object" else " ".join(words)
+    limited = body.get("max_completion_tokens", body.get("max_tokens"))
+    finish = "length" if limited is not None and limited < FAKE_WORDS else "stop"
+    message = {"role": "assistant", "content": content, "refusal": None}
+    return {"index": index, "message": message, "finish_reason": finish, "logprobs": None}, len(
+        words
+    )
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    early = await preamble(request)
+    if early is not None:
+        return early
+    try:
+        body = await request.json()
+    except json.JSONDecodeError:
+        return error(
+            400, "We could not parse the JSON body of your request.", "invalid_request_error"
+        )
+    model = body.get("model")
+    if not model:
+        return error(400, "you must provide a model parameter", "invalid_request_error")
+    n = int(body.get("n") or 1)
+    words = answer_words(body.get("max_completion_tokens", body.get("max_tokens")))
+    prompt_tokens = text_bytes(body.get("messages", [])) // 4
+    created = int(time.time())
+    cid = f"chatcmpl-fake{stats[request.path]}"
+    if body.get("stream"):
+        return await stream_chat(request, body, cid, created, model, n, words, prompt_tokens)
+    choices, completion_tokens = [], 0
+    for i in range(n):
+        choice, toks = chat_choice(i, body, words)
+        choices.append(choice)
+        completion_tokens += toks
+    return web.json_response(
+        {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+            },
+            "system_fingerprint": "fp_fake",
+        }
+    )
+
+
+async def stream_chat(
+    request: web.Request,
+    body: dict[str, Any],
+    cid: str,
+    created: int,
+    model: str,
+    n: int,
+    words: list[str],
+    prompt_tokens: int,
+) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    delay = int(request.headers.get("X-Fake-Delay-Ms", "0")) / 1000
+    drop_after = int(request.headers.get("X-Fake-Drop-After", "0"))
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    if request.headers.get("X-Fake-No-Usage"):
+        include_usage = False
+    sent = 0
+
+    async def event(payload: dict[str, Any]) -> None:
+        nonlocal sent
+        base = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_fake",
+        }
+        base.update(payload)
+        if delay:
+            await asyncio.sleep(delay)
+        await resp.write(b"data: " + json.dumps(base).encode() + b"\n\n")
+        sent += 1
+        if drop_after and sent >= drop_after:
+            raise ConnectionResetError("fake server dropped the stream")
+
+    try:
+        for i in range(n):
+            await event(
+                {
+                    "choices": [
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                        }
+                    ]
+                }
+            )
+            for w, word in enumerate(words):
+                text = word if w == 0 else " " + word
+                await event(
+                    {"choices": [{"index": i, "delta": {"content": text}, "finish_reason": None}]}
+                )
+            await event({"choices": [{"index": i, "delta": {}, "finish_reason": "stop"}]})
+        if include_usage:
+            completion = len(words) * n
+            await event(
+                {
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion,
+                        "total_tokens": prompt_tokens + completion,
+                        "prompt_tokens_details": {"cached_tokens": 0},
+                        "completion_tokens_details": {"reasoning_tokens": 0},
+                    },
+                }
+            )
+        await resp.write(b"data: [DONE]\n\n")
+    except ConnectionResetError:
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    await resp.write_eof()
+    return resp
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    early = await preamble(request)
+    if early is not None:
+        return early
+    body = await request.json()
+    model = body.get("model")
+    words = answer_words(body.get("max_output_tokens"))
+    input_tokens = (
+        text_bytes(body.get("input", "")) // 4 + text_bytes(body.get("instructions", "")) // 4
+    )
+    text = " ".join(words)
+    rid = f"resp_fake{stats[request.path]}"
+    usage = {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": len(words),
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + len(words),
+    }
+    item = {
+        "id": f"msg_{rid}",
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+    full = {
+        "id": rid,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": model,
+        "output": [item],
+        "usage": usage,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "parallel_tool_calls": True,
+        "temperature": 1.0,
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "metadata": {},
+        "text": {"format": {"type": "text"}},
+        "truncation": "disabled",
+    }
+    if not body.get("stream"):
+        return web.json_response(full)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    delay = int(request.headers.get("X-Fake-Delay-Ms", "0")) / 1000
+    seq = 0
+
+    async def event(kind: str, payload: dict[str, Any]) -> None:
+        nonlocal seq
+        payload = {"type": kind, "sequence_number": seq, **payload}
+        seq += 1
+        if delay:
+            await asyncio.sleep(delay)
+        await resp.write(f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode())
+
+    in_progress = {**full, "status": "in_progress", "output": [], "usage": None}
+    await event("response.created", {"response": in_progress})
+    for w, word in enumerate(words):
+        await event(
+            "response.output_text.delta",
+            {
+                "item_id": item["id"],
+                "output_index": 0,
+                "content_index": 0,
+                "delta": word if w == 0 else " " + word,
+            },
+        )
+    await event("response.completed", {"response": full})
+    await resp.write_eof()
+    return resp
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    early = await preamble(request)
+    if early is not None:
+        return early
+    body = await request.json()
+    inputs = body.get("input")
+    items = inputs if isinstance(inputs, list) else [inputs]
+    tokens = text_bytes(items) // 4
+    data = [
+        {"object": "embedding", "index": i, "embedding": [0.1 * ((i + j) % 7) for j in range(8)]}
+        for i in range(len(items))
+    ]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+async def fake_stats(request: web.Request) -> web.Response:
+    return web.json_response(dict(stats))
+
+
+async def fake_reset(request: web.Request) -> web.Response:
+    stats.clear()
+    return web.json_response({})
+
+
+def make_app() -> web.Application:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/responses", responses)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/_fake/stats", fake_stats)
+    app.router.add_post("/_fake/reset", fake_reset)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    web.run_app(make_app(), host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
