@@ -186,7 +186,7 @@ SESAME_TOKEN_NAME = "token"  # noqa: S105 - the query parameter's name, not a se
 
 # --- Email -------------------------------------------------------------------------------
 # Console by default: magic links appear in the terminal that runs `make run`.
-EMAIL_BACKEND_PATH = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_BACKEND_PATH = env_str("EMAIL_BACKEND", "accounts.mail.ConsoleBackend")
 _smtp_options: dict[str, object] = {}
 if EMAIL_BACKEND_PATH.endswith("smtp.EmailBackend"):
     _smtp_options = {

@@ -224,3 +224,20 @@ def test_logout_needs_a_post(owner) -> None:
 
     assert response.status_code == 302
     assert signed_in_email(owner.client) is None
+
+
+def test_development_console_prints_the_link_unbroken(mailoutbox, settings) -> None:
+    # `make run` prints mails to the terminal. The stock console backend prints
+    # quoted-printable, which breaks long lines with "=": ours prints the link whole.
+    import io
+
+    from accounts.mail import ConsoleBackend
+
+    request_login(Client(), "alice@example.com", next_url="/keys/some/rather/long/path/")
+    stream = io.StringIO()
+
+    ConsoleBackend(stream=stream).send_messages([mailoutbox[-1]])
+
+    printed = stream.getvalue()
+    assert "Subject: Your BudgetLLM sign-in link" in printed
+    assert settings.SITE_URL + last_login_mail(mailoutbox).link_path + "\n" in printed
