@@ -8,6 +8,7 @@ through allauth, which stays the owner of the session and its login stages.
 
 from __future__ import annotations
 
+import datetime as dt
 import zoneinfo
 from functools import lru_cache
 from urllib.parse import urlencode
@@ -210,3 +211,23 @@ def account_delete(*, user: User) -> None:
     owned = Account.objects.filter(memberships__user=user, memberships__role=Membership.Role.OWNER)
     Account.objects.filter(pk__in=list(owned.values_list("pk", flat=True))).delete()
     user.delete()
+
+
+def unused_signups_delete(*, older_than: dt.timedelta = dt.timedelta(days=7)) -> int:
+    """Delete people who asked for a sign-in mail but never signed in, after a grace period.
+
+    The sign-in form creates the user up front (so the response is the same for every
+    address); this keeps addresses typed by mistake or by a bot from piling up. Staff and
+    anyone added to a team are left alone. Returns how many users were deleted.
+    """
+    cutoff = dj_timezone.now() - older_than
+    stale = (
+        User.objects.filter(last_login__isnull=True, date_joined__lt=cutoff, is_staff=False)
+        .exclude(memberships__role=Membership.Role.MEMBER)
+        .order_by("pk")
+    )
+    deleted = 0
+    for user in stale[:1000]:  # bounded per run; beat comes back for the rest
+        account_delete(user=user)
+        deleted += 1
+    return deleted
