@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
+from django_htmx.http import HttpResponseClientRedirect
 
 from . import services
 from .forms import DeleteAccountForm, LoginForm, TimezoneForm
@@ -114,6 +115,9 @@ def account_settings(request: AuthedRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         services.account_set_timezone(account=account, timezone_name=form.cleaned_data["timezone"])
         messages.success(request, f"Time zone set to {account.timezone}.")
+        if request.htmx:  # type: ignore[attr-defined]
+            # A plain redirect would be followed by htmx and swapped into the form.
+            return HttpResponseClientRedirect(reverse("account_settings"))
         return redirect("account_settings")
     template = "accounts/settings.html"
     if request.htmx:  # type: ignore[attr-defined]

@@ -67,6 +67,17 @@ def test_htmx_gets_only_the_form_partial(owner) -> None:
 ROWS_PER_ACCOUNT = 7
 
 
+def test_htmx_success_reloads_the_page(owner) -> None:
+    response = owner.client.post(
+        "/account/settings/", {"timezone": "Asia/Tokyo"}, headers={"HX-Request": "true"}
+    )
+
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == "/account/settings/"
+    owner.account.refresh_from_db()
+    assert owner.account.timezone == "Asia/Tokyo"
+
+
 def _fill(account: Account) -> None:
     pk = ProviderKey.objects.create(account=account, ciphertext="x", hint="sk-…abcd")
     key = ApiKey.objects.create(
