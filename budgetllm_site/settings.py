@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.utils.csp import CSP
 
 from .env import env_bool, env_int, env_list, env_str, load_secret
@@ -141,7 +142,12 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # Every periodic task of the product, in one place.
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "accounts-delete-unused-signups": {
+        "task": "accounts.delete_unused_signups",
+        "schedule": crontab(hour=3, minute=17),
+    },
+}
 
 # --- Auth and accounts ------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
