@@ -187,6 +187,9 @@ if EMAIL_BACKEND_PATH.endswith("smtp.EmailBackend"):
         "password": env_str("EMAIL_HOST_PASSWORD"),
         "use_tls": env_bool("EMAIL_USE_TLS", True),
     }
+elif EMAIL_BACKEND_PATH.endswith("filebased.EmailBackend"):
+    # One file per message in a folder: the browser tests read magic links from it.
+    _smtp_options = {"file_path": env_str("EMAIL_FILE_PATH", str(DATA_DIR / "mail"))}
 MAILERS = {"default": {"BACKEND": EMAIL_BACKEND_PATH, "OPTIONS": _smtp_options}}
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "BudgetLLM <noreply@budgetllm.local>")
 
