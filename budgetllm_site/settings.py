@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.utils.csp import CSP
 
 from .env import env_bool, env_int, env_list, env_str, load_secret
@@ -141,7 +142,16 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # Every periodic task of the product, in one place.
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # Dashboard rollups: today's numbers at most a minute stale ...
+    "budgets-rollup-recent": {"task": "budgets.rollup_recent", "schedule": 60.0},
+    # ... and each account's previous local day closed once after its midnight (the task
+    # picks the accounts whose local hour is 0, so every time zone gets its turn).
+    "budgets-rollup-yesterday": {
+        "task": "budgets.rollup_yesterday",
+        "schedule": crontab(minute=5),
+    },
+}
 
 # --- Auth and accounts ------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
