@@ -177,9 +177,18 @@ ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
 ACCOUNT_RATE_LIMITS = {
     "login": "30/m/ip",
     "login_failed": "10/m/ip,5/5m/key",
-    "request_login_code": "10/h/ip,5/15m/key",
+    "request_login_code": (
+        f"{env_str('LOGIN_MAIL_RATE_PER_IP', '20/h')}/ip,"
+        f"{env_str('LOGIN_MAIL_RATE_PER_EMAIL', '5/15m')}/key"
+    ),
     "confirm_login_code": "10/m/ip",
 }
+# The client IP for those limits: REMOTE_ADDR, or the address this many proxies back in
+# X-Forwarded-For when running behind a reverse proxy.
+ALLAUTH_TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1 if env_bool("BEHIND_PROXY") else 0)
+# Our subjects say what the mail is ("Your BudgetLLM sign-in link"); no "[site] " prefix.
+ACCOUNT_EMAIL_SUBJECT_PREFIX = ""
+ACCOUNT_LOGOUT_ON_GET = False
 MAGIC_LINK_MAX_AGE = 15 * 60
 SESAME_MAX_AGE = MAGIC_LINK_MAX_AGE
 SESAME_ONE_TIME = True
