@@ -156,6 +156,14 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "billing.tasks.subscriptions_lapse",
         "schedule": crontab(minute=7),
     },
+    # Dashboard rollups: today's numbers at most a minute stale ...
+    "budgets-rollup-recent": {"task": "budgets.rollup_recent", "schedule": 60.0},
+    # ... and each account's previous local day closed once after its midnight (the task
+    # picks the accounts whose local hour is 0, so every time zone gets its turn).
+    "budgets-rollup-yesterday": {
+        "task": "budgets.rollup_yesterday",
+        "schedule": crontab(minute=5),
+    },
 }
 
 # --- Auth and accounts ------------------------------------------------------------------
@@ -182,9 +190,18 @@ ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
 ACCOUNT_RATE_LIMITS = {
     "login": "30/m/ip",
     "login_failed": "10/m/ip,5/5m/key",
-    "request_login_code": "10/h/ip,5/15m/key",
+    "request_login_code": (
+        f"{env_str('LOGIN_MAIL_RATE_PER_IP', '20/h')}/ip,"
+        f"{env_str('LOGIN_MAIL_RATE_PER_EMAIL', '5/15m')}/key"
+    ),
     "confirm_login_code": "10/m/ip",
 }
+# The client IP for those limits: REMOTE_ADDR, or the address this many proxies back in
+# X-Forwarded-For when running behind a reverse proxy.
+ALLAUTH_TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1 if env_bool("BEHIND_PROXY") else 0)
+# Our subjects say what the mail is ("Your BudgetLLM sign-in link"); no "[site] " prefix.
+ACCOUNT_EMAIL_SUBJECT_PREFIX = ""
+ACCOUNT_LOGOUT_ON_GET = False
 MAGIC_LINK_MAX_AGE = 15 * 60
 SESAME_MAX_AGE = MAGIC_LINK_MAX_AGE
 SESAME_ONE_TIME = True
@@ -202,6 +219,9 @@ if EMAIL_BACKEND_PATH.endswith("smtp.EmailBackend"):
         "password": env_str("EMAIL_HOST_PASSWORD"),
         "use_tls": env_bool("EMAIL_USE_TLS", True),
     }
+elif EMAIL_BACKEND_PATH.endswith("filebased.EmailBackend"):
+    # One file per message in a folder: the browser tests read magic links from it.
+    _smtp_options = {"file_path": env_str("EMAIL_FILE_PATH", str(DATA_DIR / "mail"))}
 MAILERS = {"default": {"BACKEND": EMAIL_BACKEND_PATH, "OPTIONS": _smtp_options}}
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "BudgetLLM <noreply@budgetllm.local>")
 
