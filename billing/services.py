@@ -452,9 +452,9 @@ def usage_history_purge(*, now: datetime | None = None) -> dict[str, int]:
     seen: set[int] = set()
     groups: list[tuple[int, set[int] | None]] = []
     for plan in reversed(PAID_PLANS):
-        ids = paid[plan] - seen
-        seen |= ids
-        groups.append((PLANS[plan].history_days, ids))
+        plan_ids = paid[plan] - seen
+        seen |= plan_ids
+        groups.append((PLANS[plan].history_days, plan_ids))
     groups.append((PLANS["free"].history_days, None))  # None = every other account
     for days, ids in groups:
         cutoff = now - timedelta(days=days)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 
 from django.conf import settings
 from django.contrib import messages
@@ -11,6 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadReque
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.csp import CSP
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csp import csp_override
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -69,7 +71,7 @@ def razorpay_subscribe(request: HttpRequest) -> HttpResponse:
 # Razorpay Checkout is the one third-party script the site loads, and only here: it
 # runs from checkout.razorpay.com and opens its payment form in a frame from
 # api.razorpay.com.
-RAZORPAY_CHECKOUT_CSP = {
+RAZORPAY_CHECKOUT_CSP: dict[str, Collection[str] | str] = {
     **settings.SECURE_CSP,
     "script-src": [CSP.SELF, CSP.NONCE, "https://checkout.razorpay.com"],
     "frame-src": ["https://api.razorpay.com", "https://checkout.razorpay.com"],
@@ -202,7 +204,12 @@ def notices_dismiss(request: HttpRequest) -> HttpResponse:
     services.notices_dismiss(account=_account(request))
     if request.htmx:  # type: ignore[attr-defined]
         return HttpResponse("")
-    return redirect(request.POST.get("next") or reverse("billing:page"))
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        target = reverse("billing:page")
+    return redirect(target)
 
 
 @csrf_exempt  # called by Razorpay's servers; authenticated by the body's signature instead

@@ -56,7 +56,9 @@ def rzp_subscription(
         "current_end": current_end,
         "ended_at": None,
         "quantity": 1,
-        "notes": {"account_public_id": account_public_id, "plan": "pro"} if account_public_id else [],
+        "notes": {"account_public_id": account_public_id, "plan": "pro"}
+        if account_public_id
+        else [],
         "charge_at": current_end,
         "start_at": current_start,
         "end_at": 2_082_758_400,
@@ -156,7 +158,11 @@ def ls_subscription_event(
     renews_at: datetime | None = None,
     ends_at: datetime | None = None,
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = {"test_mode": True, "event_name": event_name, "webhook_id": "7b5f5c43-2f1e-4d0d-8d3a-1c1f3f0b2a11"}
+    meta: dict[str, Any] = {
+        "test_mode": True,
+        "event_name": event_name,
+        "webhook_id": "7b5f5c43-2f1e-4d0d-8d3a-1c1f3f0b2a11",
+    }
     if account_public_id is not None:
         meta["custom_data"] = {"account_id": account_public_id}
     return {
@@ -205,8 +211,18 @@ def ls_subscription_event(
                 "test_mode": True,
             },
             "relationships": {
-                "store": {"links": {"related": "https://api.lemonsqueezy.com/v1/subscriptions/1/store", "self": "https://api.lemonsqueezy.com/v1/subscriptions/1/relationships/store"}},
-                "customer": {"links": {"related": "https://api.lemonsqueezy.com/v1/subscriptions/1/customer", "self": "https://api.lemonsqueezy.com/v1/subscriptions/1/relationships/customer"}},
+                "store": {
+                    "links": {
+                        "related": "https://api.lemonsqueezy.com/v1/subscriptions/1/store",
+                        "self": "https://api.lemonsqueezy.com/v1/subscriptions/1/relationships/store",
+                    }
+                },
+                "customer": {
+                    "links": {
+                        "related": "https://api.lemonsqueezy.com/v1/subscriptions/1/customer",
+                        "self": "https://api.lemonsqueezy.com/v1/subscriptions/1/relationships/customer",
+                    }
+                },
             },
             "links": {"self": f"https://api.lemonsqueezy.com/v1/subscriptions/{sub_id}"},
         },
@@ -223,7 +239,11 @@ def ls_invoice_event(
     status: str = "paid",
     account_public_id: str | None = None,
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = {"test_mode": True, "event_name": event_name, "webhook_id": "7b5f5c43-2f1e-4d0d-8d3a-1c1f3f0b2a11"}
+    meta: dict[str, Any] = {
+        "test_mode": True,
+        "event_name": event_name,
+        "webhook_id": "7b5f5c43-2f1e-4d0d-8d3a-1c1f3f0b2a11",
+    }
     if account_public_id is not None:
         meta["custom_data"] = {"account_id": account_public_id}
     return {
@@ -268,6 +288,8 @@ def ls_invoice_event(
                 "test_mode": True,
             },
             "relationships": {},
-            "links": {"self": f"https://api.lemonsqueezy.com/v1/subscription-invoices/{invoice_id}"},
+            "links": {
+                "self": f"https://api.lemonsqueezy.com/v1/subscription-invoices/{invoice_id}"
+            },
         },
     }

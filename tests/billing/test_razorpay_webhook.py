@@ -121,7 +121,9 @@ def test_cancelled_is_final_even_if_an_older_charge_arrives_later(owner, created
 
 def test_same_instant_events_only_move_forward(owner, created_sub) -> None:
     halted = p.rzp_event(
-        "subscription.halted", subscription=p.rzp_subscription(sub_id=SUB, status="halted"), created_at=T0 + 60
+        "subscription.halted",
+        subscription=p.rzp_subscription(sub_id=SUB, status="halted"),
+        created_at=T0 + 60,
     )
     post_razorpay(halted, event_id="evt_h")
     post_razorpay(charged(at=T0 + 60), event_id="evt_ch")
@@ -131,10 +133,14 @@ def test_same_instant_events_only_move_forward(owner, created_sub) -> None:
 
 def test_halted_after_a_later_reactivation_is_applied_in_time_order(owner, created_sub) -> None:
     halted = p.rzp_event(
-        "subscription.halted", subscription=p.rzp_subscription(sub_id=SUB, status="halted"), created_at=T0 + 60
+        "subscription.halted",
+        subscription=p.rzp_subscription(sub_id=SUB, status="halted"),
+        created_at=T0 + 60,
     )
     activated = p.rzp_event(
-        "subscription.activated", subscription=p.rzp_subscription(sub_id=SUB, status="active"), created_at=T0 + 120
+        "subscription.activated",
+        subscription=p.rzp_subscription(sub_id=SUB, status="active"),
+        created_at=T0 + 120,
     )
     post_razorpay(halted, event_id="evt_h")
     post_razorpay(activated, event_id="evt_act")
@@ -144,7 +150,9 @@ def test_halted_after_a_later_reactivation_is_applied_in_time_order(owner, creat
 
 def test_unknown_event_type_answers_200_and_is_recorded_as_ignored(owner, created_sub) -> None:
     event = p.rzp_event(
-        "subscription.updated", subscription=p.rzp_subscription(sub_id=SUB, status="active"), created_at=T0
+        "subscription.updated",
+        subscription=p.rzp_subscription(sub_id=SUB, status="active"),
+        created_at=T0,
     )
     response = post_razorpay(event, event_id="evt_upd")
     assert response.status_code == 200
@@ -170,7 +178,9 @@ def test_subscription_unknown_to_us_is_linked_through_its_notes(owner) -> None:
     event = p.rzp_event(
         "subscription.activated",
         subscription=p.rzp_subscription(
-            sub_id="sub_FromNotes00001", status="active", account_public_id=str(owner.account.public_id)
+            sub_id="sub_FromNotes00001",
+            status="active",
+            account_public_id=str(owner.account.public_id),
         ),
         created_at=T0,
     )
@@ -180,7 +190,9 @@ def test_subscription_unknown_to_us_is_linked_through_its_notes(owner) -> None:
 
 def test_subscription_linked_to_no_account_is_ignored_with_200(db) -> None:
     event = p.rzp_event(
-        "subscription.activated", subscription=p.rzp_subscription(sub_id="sub_Nobody000001", status="active"), created_at=T0
+        "subscription.activated",
+        subscription=p.rzp_subscription(sub_id="sub_Nobody000001", status="active"),
+        created_at=T0,
     )
     response = post_razorpay(event, event_id="evt_nobody")
     assert response.status_code == 200
@@ -190,7 +202,9 @@ def test_subscription_linked_to_no_account_is_ignored_with_200(db) -> None:
 def test_payment_failed_is_recorded_for_the_account(owner, created_sub) -> None:
     pay = p.rzp_payment(pay_id="pay_Failed00000001", status="failed")
     pay["notes"] = {"account_public_id": str(owner.account.public_id)}
-    response = post_razorpay(p.rzp_event("payment.failed", payment=pay, created_at=T0), event_id="evt_pf")
+    response = post_razorpay(
+        p.rzp_event("payment.failed", payment=pay, created_at=T0), event_id="evt_pf"
+    )
     assert response.status_code == 200
     failed = Payment.objects.get()
     assert failed.status == "failed"
@@ -204,7 +218,9 @@ def test_halted_subscription_downgrades_without_deleting_and_tells_the_user(
     pks = [provider_key(owner.account, n) for n in range(3)]
     keys = [api_key(owner.account, pks[0], n) for n in range(4)]
     halted = p.rzp_event(
-        "subscription.halted", subscription=p.rzp_subscription(sub_id=SUB, status="halted"), created_at=T0 + 999
+        "subscription.halted",
+        subscription=p.rzp_subscription(sub_id=SUB, status="halted"),
+        created_at=T0 + 999,
     )
     with django_capture_on_commit_callbacks(execute=True):
         assert post_razorpay(halted, event_id="evt_halt").status_code == 200
