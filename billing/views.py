@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
+from typing import cast
 
 from django.conf import settings
 from django.contrib import messages
@@ -72,7 +73,7 @@ def razorpay_subscribe(request: HttpRequest) -> HttpResponse:
 # runs from checkout.razorpay.com and opens its payment form in a frame from
 # api.razorpay.com.
 RAZORPAY_CHECKOUT_CSP: dict[str, Collection[str] | str] = {
-    **settings.SECURE_CSP,
+    **cast("dict[str, Collection[str] | str]", settings.SECURE_CSP),
     "script-src": [CSP.SELF, CSP.NONCE, "https://checkout.razorpay.com"],
     "frame-src": ["https://api.razorpay.com", "https://checkout.razorpay.com"],
     "connect-src": [CSP.SELF, "https://api.razorpay.com", "https://lumberjack.razorpay.com"],
