@@ -56,6 +56,21 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = ROOT / "test-artifacts"
 
+# Payments run on the development stand-in checkout with these test credentials, so
+# browser tests sign webhooks exactly as Razorpay and LemonSqueezy would.
+BILLING_ENV = {
+    "BILLING_CHECKOUT_STANDIN": "true",
+    "RAZORPAY_KEY_ID": "rzp_test_browser",
+    "RAZORPAY_KEY_SECRET": "rzp_browser_key_secret",
+    "RAZORPAY_WEBHOOK_SECRET": "rzp_browser_webhook_secret",
+    "RAZORPAY_PLAN_PRO": "plan_BrowserPro0001",
+    "RAZORPAY_PLAN_TEAM": "plan_BrowserTeam001",
+    "LEMONSQUEEZY_STORE_URL": "",
+    "LEMONSQUEEZY_VARIANT_PRO": "501",
+    "LEMONSQUEEZY_VARIANT_TEAM": "502",
+    "LEMONSQUEEZY_WEBHOOK_SECRET": "ls_browser_webhook_secret",
+}
+
 # Playwright's sync API runs an event loop in the test thread; Django refuses ORM calls
 # next to a running loop unless told otherwise. Test processes only, never the product.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -203,6 +218,7 @@ def product(fake_openai_server: FakeOpenAI) -> Iterator[LiveProduct]:
             "OPENAI_UPSTREAM_BASE_URL": fake_openai_server.base_url,
             "CELERY_TASK_ALWAYS_EAGER": "true",
             "LOG_LEVEL": "WARNING",
+            **BILLING_ENV,
         }
     )
     redis_url = env.get("REDIS_URL", "")
