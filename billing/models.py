@@ -39,6 +39,9 @@ class Subscription(models.Model):
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="subscriptions")
     provider = models.CharField(max_length=16, choices=Provider.choices)
     provider_subscription_id = models.CharField(max_length=64)
+    # The provider's customer ("cust_…"): Razorpay's payment.failed names only the
+    # customer, not the subscription.
+    provider_customer_id = models.CharField(max_length=64, blank=True)
     plan = models.CharField(max_length=16)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATED)
     current_period_end = models.DateTimeField(null=True, blank=True)

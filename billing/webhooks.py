@@ -246,6 +246,8 @@ def _razorpay_handle(payload: dict[str, Any]) -> str:
     if sub is None:
         return f"ignored: subscription {entity.get('id')} is not linked to an account"
     status, reason = RAZORPAY_TRANSITIONS[event_type]
+    if entity.get("customer_id"):
+        sub.provider_customer_id = str(entity["customer_id"])[:64]
     if event_type == "subscription.charged" and "payment" in payload["payload"]:
         pay = payload["payload"]["payment"]["entity"]
         _payment_record(
@@ -270,11 +272,12 @@ def _razorpay_handle(payload: dict[str, Any]) -> str:
 def _razorpay_payment_failed(payload: dict[str, Any]) -> str:
     pay = payload["payload"]["payment"]["entity"]
     notes = pay.get("notes") if isinstance(pay.get("notes"), dict) else {}
+    subs = Subscription.objects.filter(provider=Provider.RAZORPAY).order_by("-created_at")
     sub = None
     if pay.get("subscription_id"):
-        sub = Subscription.objects.filter(
-            provider=Provider.RAZORPAY, provider_subscription_id=str(pay["subscription_id"])
-        ).first()
+        sub = subs.filter(provider_subscription_id=str(pay["subscription_id"])).first()
+    if sub is None and pay.get("customer_id"):
+        sub = subs.filter(provider_customer_id=str(pay["customer_id"])).first()
     account = sub.account if sub else _account_by_public_id((notes or {}).get("account_public_id"))
     if account is None:
         return f"ignored: payment {pay.get('id')} is not linked to an account"

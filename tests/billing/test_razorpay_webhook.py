@@ -236,3 +236,30 @@ def test_halted_subscription_downgrades_without_deleting_and_tells_the_user(
     with django_capture_on_commit_callbacks(execute=True):
         post_razorpay(halted, event_id="evt_halt")
     assert len(mail.outbox) == 1
+
+
+def test_payment_failed_is_linked_through_the_subscriptions_customer(owner, created_sub) -> None:
+    post_razorpay(charged(), event_id="evt_ok")  # carries customer_id cust_Test00000000001
+    pay = p.rzp_payment(pay_id="pay_Failed00000002", status="failed", created_at=T0 + 40 * 86400)
+    response = post_razorpay(
+        p.rzp_event("payment.failed", payment=pay, created_at=T0 + 40 * 86400), event_id="evt_pf2"
+    )
+    assert response.status_code == 200
+    failed = Payment.objects.get(provider_payment_id="pay_Failed00000002")
+    assert (failed.account, failed.subscription, failed.status) == (
+        owner.account,
+        created_sub,
+        "failed",
+    )
+
+
+def test_staff_see_webhook_events_and_their_outcome_in_admin(owner, created_sub, client) -> None:
+    from accounts.models import User
+
+    post_razorpay(charged(), event_id="evt_admin")
+    staff = User.objects.create_user(email="staff@example.com", is_staff=True, is_superuser=True)
+    client.force_login(staff, backend="allauth.account.auth_backends.AuthenticationBackend")
+    page = client.get("/admin/billing/webhookevent/")
+    assert page.status_code == 200
+    assert b"evt_admin" in page.content and b"succeeded" in page.content.lower()
+    assert owner.client.get("/admin/billing/webhookevent/").status_code == 302
