@@ -329,3 +329,34 @@ def test_redis_down_refuses_with_503(key, settings) -> None:  # type: ignore[no-
     assert exc.value.http_status == 503
     assert "Redis at 127.0.0.1" in exc.value.message
     reset_ledger()
+
+
+def test_concurrent_admissions_through_the_service_never_pass_the_cap(
+    key, configured_ledger
+) -> None:  # type: ignore[no-untyped-def]
+    """60 requests in flight at once on one event loop (the proxy's shape): every one is
+    reserved before any settles, so only what the cap affords is admitted."""
+    import asyncio
+
+    cap(key, limit=2_000)
+
+    async def one(i: int) -> int:
+        try:
+            admission = await budget_admit(request(key, requested_output_tokens=None))
+        except BudgetExceeded:
+            return 0
+        await asyncio.sleep(0)
+        cost = admission.reserved_micros * (i % 3) // 2
+        await budget_settle(admission=admission, usage=usage(cost))
+        return cost
+
+    async def run() -> list[int]:
+        return await asyncio.gather(*(one(i) for i in range(60)))
+
+    charged = async_to_sync(run)()
+    configured_ledger.drain_usage()
+    [status] = cap_status_for(key)
+    assert status.reserved_micros == 0
+    assert status.spent_micros == sum(charged) <= 2_000
+    assert UsageRecord.objects.aggregate(t=Sum("cost_micros"))["t"] == sum(charged)
+    assert UsageRecord.objects.count() < 60  # some were refused or clamped away
