@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from accounts.models import Account, Membership
 from budgets.models import Cap, DailyUsage, UsageRecord
+from budgets.services import caps_changed
 from keys.models import ApiKey, ProviderKey
 
 from .entitlements import GRANTING_STATUSES, PLANS, entitlements_for, plan_for, plan_rank
@@ -238,8 +239,15 @@ def lemonsqueezy_checkout_url(*, account: Account, plan: str, email: str) -> str
 # --- Plan changes ------------------------------------------------------------------------
 
 
+def _ledger_rereads_limits(account_id: int) -> None:
+    """A plan change moves the plan's cap ceiling and may lower caps with a bulk UPDATE
+    (no signals): tell the ledger, after commit, so the very next request sees it."""
+    transaction.on_commit(lambda: caps_changed(account_id=account_id))
+
+
 def subscription_changed(*, sub: Subscription, before_plan: str, reason: str) -> list[str]:
     """After `sub` changed state: record its start, and apply a downgrade or upgrade now."""
+    _ledger_rereads_limits(sub.account_id)
     now = timezone.now()
     if sub.started_at is None and subscription_grants(sub, now=now):
         sub.started_at = now
@@ -254,6 +262,7 @@ def subscription_downgrade_if_due(
     *, sub: Subscription, reason: str, before_plan: str | None = None
 ) -> list[str]:
     """Once per subscription that granted a plan and no longer does: enforce the lower plan."""
+    _ledger_rereads_limits(sub.account_id)
     now = timezone.now()
     if sub.downgraded_at is not None or sub.started_at is None:
         return []

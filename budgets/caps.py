@@ -1,7 +1,8 @@
 """Cap rules: what a valid cap is, and creating, changing and deleting caps.
 
-The ledger reads Cap rows when it admits a request, so a change here takes effect on the
-very next proxied request; nothing is cached in between.
+The ledger reads Cap rows when it admits a request. A process may cache an account's
+caps, but every save or delete here bumps the account's caps version (budgets.signals),
+so a change takes effect on the very next proxied request.
 """
 
 from __future__ import annotations
