@@ -104,6 +104,10 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+    # Tests on a file, not SQLite's shared-cache memory database: that one answers
+    # concurrent writers with "table is locked" at once instead of waiting, so tests of
+    # two workers racing could not run on the embedded defaults.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache, Celery ---------------------------------------------------------------
@@ -141,7 +145,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # Every periodic task of the product, in one place.
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # Compares the spend ledger's counters with recorded usage and reports drift.
+    "ledger-reconcile": {"task": "budgets.tasks.ledger_reconcile_task", "schedule": 3600.0},
+}
 
 # --- Auth and accounts ------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -195,6 +202,39 @@ OPENAI_UPSTREAM_BASE_URL = env_str("OPENAI_UPSTREAM_BASE_URL", "https://api.open
     "/"
 )
 
+# --- Alerts and the spend-spike breaker -----------------------------------------------------
+# Percentages of a cap's limit that alert when a cap does not set its own.
+ALERT_THRESHOLDS_DEFAULT = [50, 80, 100]
+# After a settle, alerts for an account are evaluated at most once per this many seconds
+# (one Celery task covers every settle in the interval).
+ALERTS_CHECK_DEBOUNCE_SECONDS = env_int("ALERTS_CHECK_DEBOUNCE_SECONDS", 5)
+ALERT_DELIVERY_MAX_RETRIES = env_int("ALERT_DELIVERY_MAX_RETRIES", 6)
+ALERT_WEBHOOK_TIMEOUT_SECONDS = env_int("ALERT_WEBHOOK_TIMEOUT_SECONDS", 10)
+# Test-only escape hatch: origins (scheme://host:port) whose webhook URLs skip the https,
+# provider-host and public-address checks so tests can post to a local server. Honoured
+# only with DEBUG or BUDGETLLM_TESTING on, so a production site can never enable it.
+ALERT_WEBHOOK_TEST_ORIGINS = env_list("ALERT_WEBHOOK_TEST_ORIGINS") if (DEBUG or TESTING) else []
+# Pause a key when its spend in the last WINDOW seconds exceeds FLOOR micro-dollars AND
+# MULTIPLIER times what its average rate over the previous BASELINE_HOURS would spend in
+# the same time. Each key can override these or turn the breaker off on the alerts page.
+SPIKE_BREAKER_ENABLED = env_bool("SPIKE_BREAKER_ENABLED", True)
+SPIKE_BREAKER_WINDOW_SECONDS = env_int("SPIKE_BREAKER_WINDOW_SECONDS", 300)
+SPIKE_BREAKER_MULTIPLIER = env_int("SPIKE_BREAKER_MULTIPLIER", 10)
+SPIKE_BREAKER_FLOOR_MICROS = env_int("SPIKE_BREAKER_FLOOR_MICROS", 1_000_000)
+SPIKE_BREAKER_BASELINE_HOURS = env_int("SPIKE_BREAKER_BASELINE_HOURS", 24)
+
+# --- Operations ------------------------------------------------------------------------------
+# Bearer token for /metrics; unset = /metrics answers 404.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+# Several worker processes aggregate their metrics through files in this folder (it must
+# be empty when the server starts; bin/run-all wipes it). Unset = one-process metrics.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+# Ledger counters and recorded usage may differ by this much before drift is reported
+# (in-flight reservations are excluded from the comparison).
+LEDGER_DRIFT_TOLERANCE_MICROS = env_int("LEDGER_DRIFT_TOLERANCE_MICROS", 0)
+
 # --- i18n, static ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -235,11 +275,26 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 
 # --- Logging -----------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# "json" writes every log record as one JSON object per line; "plain" is for a terminal.
+# The per-request log (logger "budgetllm.requests") is always JSON lines.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "proxy.reqlog.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+        },
+        "requests": {"class": "logging.StreamHandler", "formatter": "json"},
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "budgetllm.requests": {"handlers": ["requests"], "level": "INFO", "propagate": False},
+    },
 }

@@ -1,0 +1,40 @@
+"""Celery tasks of the budgets app: thin wrappers that load by id and call a service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+
+from . import alerts
+from .models import AlertChannel
+
+
+@shared_task(ignore_result=True)
+def alerts_evaluate_task(account_id: int) -> None:
+    # Clear the debounce marker before reading spend: a settle landing after this point
+    # queues the next evaluation instead of being missed.
+    alerts.alerts_pending_clear(account_id=account_id)
+    alerts.alerts_evaluate(account_id=account_id)
+
+
+@shared_task(
+    ignore_result=True,
+    autoretry_for=(alerts.RetryableDeliveryError,),
+    retry_backoff=30,  # 30 s, 60 s, 120 s, … (jittered), capped below
+    retry_backoff_max=3600,
+    retry_jitter=True,
+    max_retries=settings.ALERT_DELIVERY_MAX_RETRIES,
+)
+def alert_deliver_task(channel_id: int, message: dict[str, Any]) -> None:
+    channel = AlertChannel.objects.filter(pk=channel_id).first()
+    if channel is None or not channel.enabled:
+        return
+    try:
+        alerts.alert_deliver(channel=channel, message=alerts.AlertMessage.from_dict(message))
+    except alerts.RetryableDeliveryError:
+        raise
+    except alerts.DeliveryError:
+        # Recorded on the channel (shown as failing); trying again would fail the same way.
+        return
