@@ -617,10 +617,15 @@ def breaker_rule(*, breaker: SpikeBreaker | None) -> BreakerRule:
     return BreakerRule(
         enabled=settings.SPIKE_BREAKER_ENABLED and (breaker is None or breaker.enabled),
         window_seconds=pick(
-            breaker and breaker.window_seconds, settings.SPIKE_BREAKER_WINDOW_SECONDS
+            None if breaker is None else breaker.window_seconds,
+            settings.SPIKE_BREAKER_WINDOW_SECONDS,
         ),
-        multiplier=pick(breaker and breaker.multiplier, settings.SPIKE_BREAKER_MULTIPLIER),
-        floor_micros=pick(breaker and breaker.floor_micros, settings.SPIKE_BREAKER_FLOOR_MICROS),
+        multiplier=pick(
+            None if breaker is None else breaker.multiplier, settings.SPIKE_BREAKER_MULTIPLIER
+        ),
+        floor_micros=pick(
+            None if breaker is None else breaker.floor_micros, settings.SPIKE_BREAKER_FLOOR_MICROS
+        ),
         baseline_seconds=settings.SPIKE_BREAKER_BASELINE_HOURS * 3600,
     )
 

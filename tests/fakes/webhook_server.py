@@ -173,11 +173,11 @@ class FakeWebhooks:
     def origin(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def slack_url(self, token: str = "XXXXXXXXXXXXXXXXXXXXXXXX") -> str:
-        return f"{self.origin}/services/T00000000/B00000000/{token}"
+    def slack_url(self, tail: str = "XXXXXXXXXXXXXXXXXXXXXXXX") -> str:
+        return f"{self.origin}/services/T00000000/B00000000/{tail}"
 
-    def discord_url(self, token: str = "abcDEF123_-xyz") -> str:
-        return f"{self.origin}/api/webhooks/123456789012345678/{token}"
+    def discord_url(self, tail: str = "abcDEF123_-xyz") -> str:
+        return f"{self.origin}/api/webhooks/123456789012345678/{tail}"
 
     def fail_next(self, path_contains: str, status: int, times: int) -> None:
         with self.lock:
