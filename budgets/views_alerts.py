@@ -130,7 +130,9 @@ def spike_breaker_save(request: HttpRequest, key_public_id: uuid.UUID) -> HttpRe
         messages.error(
             request,
             "Breaker settings: "
-            + "; ".join(f"{field}: {' '.join(errs)}" for field, errs in form.errors.items()),
+            + "; ".join(
+                f"{field}: {' '.join(str(e) for e in errs)}" for field, errs in form.errors.items()
+            ),
         )
         return _page(request, account)
     alerts.breaker_settings_save(
