@@ -1,4 +1,4 @@
-"""Celery tasks of the budgets app: thin wrappers that load by id and call a service."""
+"""Celery entry points for budgets. Thin: the work lives in services, alerts and rollups."""
 
 from __future__ import annotations
 
@@ -7,8 +7,20 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from . import alerts
+from . import alerts, rollups
 from .models import AlertChannel
+
+
+@shared_task(name="budgets.rollup_recent")
+def rollup_recent_task() -> int:
+    """Beat, every minute: today's DailyUsage rows of accounts with recent usage."""
+    return len(rollups.rollup_recent())
+
+
+@shared_task(name="budgets.rollup_yesterday")
+def rollup_yesterday_task() -> int:
+    """Beat, hourly: yesterday's rows of accounts that just passed their local midnight."""
+    return len(rollups.rollup_yesterday())
 
 
 @shared_task(ignore_result=True)

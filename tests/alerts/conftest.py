@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from billing.models import Subscription
+from tests.conftest import Person
 from tests.fakes import webhook_server
 from tests.fakes.webhook_server import FakeWebhooks
 
@@ -31,8 +33,12 @@ def webhooks(webhooks_server: FakeWebhooks, settings) -> FakeWebhooks:  # type: 
 
 
 @pytest.fixture
-def pro_plan(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every account is on Pro (Slack and Discord alerts)."""
-    from billing import entitlements
-
-    monkeypatch.setattr(entitlements, "plan_for", lambda account: "pro")
+def pro_plan(owner: Person) -> None:
+    """The owner's account is on Pro (Slack and Discord alerts): an active subscription."""
+    Subscription.objects.create(
+        account=owner.account,
+        provider="razorpay",
+        provider_subscription_id="sub_alerts_test",
+        plan="pro",
+        status=Subscription.Status.ACTIVE,
+    )
