@@ -207,8 +207,6 @@ def account_delete(*, user: User) -> None:
     Keys, caps, usage and audit rows hang off Account with on_delete=CASCADE, so
     deleting the account removes them; team accounts the person only belongs to stay.
     """
-    owned = Account.objects.filter(
-        memberships__user=user, memberships__role=Membership.Role.OWNER
-    )
+    owned = Account.objects.filter(memberships__user=user, memberships__role=Membership.Role.OWNER)
     Account.objects.filter(pk__in=list(owned.values_list("pk", flat=True))).delete()
     user.delete()

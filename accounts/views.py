@@ -66,9 +66,7 @@ def magic_link(request: HttpRequest, token: str) -> HttpResponse:
     if request.user.is_authenticated and request.user.pk == user.pk:
         return redirect(next_url or settings.LOGIN_REDIRECT_URL)
     if request.method == "POST" or services.is_asking_browser(request=request, user=user):
-        response = services.login_with_magic_link(
-            request=request, token=token, next_url=next_url
-        )
+        response = services.login_with_magic_link(request=request, token=token, next_url=next_url)
         if response is None:
             # Lost a race with another click on the same link.
             return render(request, "accounts/magic_link.html", {"invalid": True}, status=410)
@@ -114,9 +112,7 @@ def account_settings(request: AuthedRequest) -> HttpResponse:
     account = services.account_for_user(request.user)
     form = TimezoneForm(request.POST or None, initial={"timezone": account.timezone})
     if request.method == "POST" and form.is_valid():
-        services.account_set_timezone(
-            account=account, timezone_name=form.cleaned_data["timezone"]
-        )
+        services.account_set_timezone(account=account, timezone_name=form.cleaned_data["timezone"])
         messages.success(request, f"Time zone set to {account.timezone}.")
         return redirect("account_settings")
     template = "accounts/settings.html"

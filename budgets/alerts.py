@@ -46,7 +46,9 @@ from accounts.models import Account, Membership
 from billing.entitlements import entitlements_for
 from keys.models import ApiKey, KeyAuditEvent
 
+from . import services
 from .models import MICROS_PER_USD, AlertChannel, AlertFired, Cap, SpikeBreaker, UsageRecord
+from .windows import window_for
 
 logger = logging.getLogger(__name__)
 
@@ -87,31 +89,6 @@ def usd(micros: int) -> str:
     amount = Decimal(micros) / MICROS_PER_USD
     places = Decimal("0.0001") if 0 < abs(micros) < 10_000 else Decimal("0.01")
     return f"${amount.quantize(places, rounding=ROUND_HALF_UP):,}"
-
-
-@dataclass(frozen=True)
-class Window:
-    key: str  # "day:2026-11-23" / "month:2026-11" in the account's zone
-    start: datetime
-    resets_at: datetime
-
-
-def cap_window(*, period: str, tz: ZoneInfo, now: datetime) -> Window:
-    """The day or month window containing `now`, in the account's time zone."""
-    local = now.astimezone(tz)
-    if period == Cap.Period.DAY:
-        start = datetime(local.year, local.month, local.day, tzinfo=tz)
-        nxt = local.date() + timedelta(days=1)
-        return Window(
-            f"day:{local.date().isoformat()}",
-            start,
-            datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz),
-        )
-    start = datetime(local.year, local.month, 1, tzinfo=tz)
-    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
-    return Window(
-        f"month:{local.year:04d}-{local.month:02d}", start, datetime(year, month, 1, tzinfo=tz)
-    )
 
 
 def cap_label(cap: Cap) -> str:
@@ -496,27 +473,33 @@ def alert_send_test(*, channel: AlertChannel) -> None:
 @dataclass(frozen=True)
 class CapUsage:
     cap: Cap
-    window: Window
+    window_key: str  # "day:2026-11-23" / "month:2026-11" in the account's zone
+    resets_at: datetime
     spent_micros: int
 
 
 def _cap_usages(*, account: Account, now: datetime) -> list[CapUsage]:
-    """Spend of each day/month cap of the account in its current window (recorded usage)."""
+    """Each day/month cap with what the ledger says was spent (settled) in its window."""
+    statuses = [
+        s for s in services.cap_status(account=account, now=now) if s.window_start and s.resets_at
+    ]
+    caps = Cap.objects.select_related("api_key").in_bulk([s.cap_id for s in statuses])
     usages = []
-    caps = (
-        Cap.objects.filter(account=account).exclude(period=Cap.Period.RUN).select_related("api_key")
-    )
-    for cap in caps:
-        window = cap_window(period=cap.period, tz=account.tz, now=now)
-        rows = UsageRecord.objects.filter(
-            account=account, created_at__gte=window.start, created_at__lt=window.resets_at
+    for status in statuses:
+        cap = caps.get(status.cap_id)
+        if cap is None or status.window_start is None or status.resets_at is None:
+            continue
+        label = window_for(
+            period=status.period, now=status.window_start, tz_name=account.timezone
+        ).label
+        usages.append(
+            CapUsage(
+                cap=cap,
+                window_key=f"{status.period}:{label}",
+                resets_at=status.resets_at,
+                spent_micros=status.spent_micros,
+            )
         )
-        if cap.api_key_id:
-            rows = rows.filter(api_key_id=cap.api_key_id)
-        if cap.scope == Cap.Scope.MODEL:
-            rows = rows.filter(model=cap.model)
-        spent = rows.aggregate(total=Sum("cost_micros"))["total"] or 0
-        usages.append(CapUsage(cap=cap, window=window, spent_micros=int(spent)))
     return usages
 
 
@@ -531,7 +514,7 @@ def _claim(*, usage: CapUsage, threshold: int) -> bool:
         with transaction.atomic():
             AlertFired.objects.create(
                 cap=usage.cap,
-                window_key=usage.window.key,
+                window_key=usage.window_key,
                 threshold=threshold,
                 spent_micros=usage.spent_micros,
                 limit_micros=usage.cap.limit_micros,
@@ -544,7 +527,7 @@ def _claim(*, usage: CapUsage, threshold: int) -> bool:
 def threshold_message(*, usage: CapUsage, threshold: int, tz: ZoneInfo) -> AlertMessage:
     cap = usage.cap
     label = cap_label(cap)
-    resets = usage.window.resets_at.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+    resets = usage.resets_at.astimezone(tz).strftime("%Y-%m-%d %H:%M")
     reached = (
         "reached — requests that would exceed it are refused" if threshold >= 100 else "reached"
     )
@@ -577,7 +560,7 @@ def thresholds_evaluate(*, account: Account, now: datetime | None = None) -> lis
         if not crossed:
             continue
         already = set(
-            AlertFired.objects.filter(cap=usage.cap, window_key=usage.window.key).values_list(
+            AlertFired.objects.filter(cap=usage.cap, window_key=usage.window_key).values_list(
                 "threshold", flat=True
             )
         )
@@ -592,7 +575,7 @@ def thresholds_evaluate(*, account: Account, now: datetime | None = None) -> lis
         )
         fired += list(
             AlertFired.objects.filter(
-                cap=usage.cap, window_key=usage.window.key, threshold__in=claimed
+                cap=usage.cap, window_key=usage.window_key, threshold__in=claimed
             )
         )
     return fired

@@ -7,7 +7,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from . import alerts, rollups
+from . import alerts, rollups, services
 from .models import AlertChannel
 
 
@@ -50,3 +50,15 @@ def alert_deliver_task(channel_id: int, message: dict[str, Any]) -> None:
     except alerts.DeliveryError:
         # Recorded on the channel (shown as failing); trying again would fail the same way.
         return
+
+
+@shared_task(name="budgets.tasks.sweep_expired_reservations", ignore_result=True)
+def sweep_expired_reservations() -> int:
+    """Reservations whose worker died are charged at their full reserved amount."""
+    return services.reservations_sweep()
+
+
+@shared_task(name="budgets.tasks.drain_usage", ignore_result=True)
+def drain_usage() -> int:
+    """Write usage buffered by the Redis ledger into UsageRecord rows."""
+    return services.usage_drain()

@@ -1,36 +1,43 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import time_machine
 from django.core import mail
+from django.core.cache import cache
 from django.db import connection
 
 from accounts.models import Account
 from budgets import alerts
-from budgets.models import AlertFired, Cap, UsageRecord
+from budgets.models import AlertFired, Cap
 from keys.models import ApiKey
+from tests.alerts.conftest import charge
 from tests.conftest import Person
 
 USD = 1_000_000
 
 
-def spend(
-    account: Account, micros: int, *, api_key: ApiKey | None = None, model: str = "gpt-4o-mini"
-) -> None:
-    UsageRecord.objects.create(
-        request_id=uuid.uuid4(),
+@pytest.fixture(autouse=True)
+def _no_breaker(settings: Any) -> None:
+    # These tests spend dollars within seconds on a new key, which is what the breaker
+    # catches; it has its own tests.
+    settings.SPIKE_BREAKER_ENABLED = False
+
+
+def a_key(account: Account, name: str = "default") -> ApiKey:
+    key, _ = ApiKey.objects.get_or_create(
         account=account,
-        api_key=api_key,
-        endpoint="chat.completions",
-        model=model,
-        cost_micros=micros,
-        cache_status=UsageRecord.CacheStatus.MISS,
-        http_status=200,
+        name=name,
+        defaults={"prefix": f"bllm_{name}{account.pk}", "digest": "0" * 64},
     )
+    return key
+
+
+def spend(account: Account, micros: int, *, api_key: ApiKey | None = None) -> None:
+    charge(account, micros, api_key=api_key or a_key(account))
 
 
 def monthly_cap(account: Account, limit_usd: int = 10, thresholds: list[int] | None = None) -> Cap:
@@ -67,6 +74,9 @@ def two_workers_evaluate(account_id: int) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_thresholds_fire_once_each_across_two_concurrent_workers(owner: Person) -> None:
+    # Mark an evaluation as already queued, so recording the spend does not evaluate it
+    # first: the two workers below are the ones that race.
+    cache.set(alerts._pending_key(owner.account.pk), 1, timeout=300)
     cap = monthly_cap(owner.account)
     spend(owner.account, 5_500_000)  # 55 %
     two_workers_evaluate(owner.account.pk)
@@ -162,7 +172,6 @@ def test_alert_says_which_cap_spent_limit_reset_and_links_the_dashboard(
     owner: Person, settings
 ) -> None:  # type: ignore[no-untyped-def]
     settings.SITE_URL = "https://budgetllm.example.com"
-    settings.SPIKE_BREAKER_ENABLED = False  # a new key's first $1.70 would trip it
     owner.account.timezone = "Asia/Kolkata"
     owner.account.save()
     key = ApiKey.objects.create(
@@ -178,7 +187,7 @@ def test_alert_says_which_cap_spent_limit_reset_and_links_the_dashboard(
     )
     with time_machine.travel(datetime(2026, 11, 23, 10, 0, tzinfo=UTC), tick=False):
         spend(owner.account, 1_700_000, api_key=key)
-        spend(owner.account, 5 * USD)  # another key's spend does not count for this cap
+        spend(owner.account, 5 * USD, api_key=a_key(owner.account, "other"))  # not this cap
         alerts.alerts_evaluate(account_id=owner.account.pk)
     [message] = mail.outbox
     assert message.subject == "[BudgetLLM] Daily cap for key “prod” at 80%"
@@ -198,9 +207,8 @@ def test_a_disabled_email_channel_gets_nothing(owner: Person) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_alerts_check_after_a_settle_evaluates_the_account(owner: Person) -> None:
+def test_settling_spend_through_the_ledger_queues_the_alert_check(owner: Person) -> None:
     monthly_cap(owner.account)
-    spend(owner.account, 6 * USD)
-    alerts.alerts_check(account_id=owner.account.pk)  # Celery runs eagerly in tests
+    spend(owner.account, 6 * USD)  # no explicit evaluation: the recorded settle queues it
     assert AlertFired.objects.filter(threshold=50).count() == 1
     assert len(mail.outbox) == 1

@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
     dependencies = [
         ("accounts", "0001_initial"),
-        ("budgets", "0001_initial"),
+        ("budgets", "0002_ledger_counters_and_reservations"),
         ("keys", "0001_initial"),
     ]
 
