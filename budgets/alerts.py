@@ -772,5 +772,10 @@ def alerts_check(*, account_id: int) -> None:
         cache.delete(key)
 
 
+def alerts_check_many(*, account_ids: list[int]) -> None:
+    for account_id in account_ids:
+        alerts_check(account_id=account_id)
+
+
 def alerts_pending_clear(*, account_id: int) -> None:
     cache.delete(_pending_key(account_id))

@@ -248,9 +248,9 @@ def write_usage_records(records: Sequence[dict[str, Any]]) -> int:
         # Thresholds and the spend-spike breaker look at spend after it is recorded
         # (after commit, so the evaluation sees these rows); `alerts_check` only queues
         # a debounced Celery task and never raises.
-        from .alerts import alerts_check
+        from .alerts import alerts_check_many
 
-        transaction.on_commit(lambda: [alerts_check(account_id=a) for a in charged])
+        transaction.on_commit(lambda: alerts_check_many(account_ids=charged))
     return len(rows)
 
 

@@ -19,8 +19,8 @@ from django.utils import timezone
 from accounts.models import Account
 from keys.models import ApiKey
 
-from .models import Cap, DailyUsage, UsageRecord
 from .display import percent
+from .models import Cap, DailyUsage, UsageRecord
 from .rollups import local_day_bounds
 
 CHART_PERIODS = (7, 30, 90)

@@ -9,12 +9,11 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from accounts.models import Account
+from billing.models import Subscription
 from budgets import services
 from budgets.ledger import reset_ledger
 from keys.models import ApiKey
 from keys.services import ResolvedKey
-
-from billing.models import Subscription
 from tests.conftest import Person
 from tests.fakes import webhook_server
 from tests.fakes.webhook_server import FakeWebhooks
