@@ -10,6 +10,8 @@ from proxy import ops
 urlpatterns = [
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
+    path("metrics", ops.metrics, name="metrics"),
+    path("staff/metrics/", ops.staff_metrics, name="staff_metrics"),
     path("", include("accounts.urls")),
     path("keys/", include("keys.urls")),
     path("", include("budgets.urls")),

@@ -7,14 +7,16 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from . import alerts, rollups, services
+from . import alerts, health, rollups, services
 from .models import AlertChannel
 
 
 @shared_task(name="budgets.rollup_recent")
 def rollup_recent_task() -> int:
     """Beat, every minute: today's DailyUsage rows of accounts with recent usage."""
-    return len(rollups.rollup_recent())
+    done = len(rollups.rollup_recent())
+    health.rollup_done_mark()  # /metrics reports the rollup lag from this
+    return done
 
 
 @shared_task(name="budgets.rollup_yesterday")
@@ -62,3 +64,11 @@ def sweep_expired_reservations() -> int:
 def drain_usage() -> int:
     """Write usage buffered by the Redis ledger into UsageRecord rows."""
     return services.usage_drain()
+
+
+@shared_task(name="budgets.tasks.ledger_reconcile_task", ignore_result=True)
+def ledger_reconcile_task() -> int:
+    """Beat, hourly: ledger counters vs recorded usage; returns the drifting windows."""
+    from .reconcile import ledger_reconcile
+
+    return len(ledger_reconcile()["windows"])

@@ -108,8 +108,12 @@ def shared_state_readers() -> dict[str, tuple[str, Callable[[], float | None]]]:
             health.reservations_in_flight,
         ),
         "budgetllm_rollup_lag_seconds": (
-            "Age of the oldest usage record not yet in the daily rollups (0 = up to date).",
+            "Seconds since the dashboard rollups last caught up with recorded usage.",
             health.rollup_lag_seconds,
+        ),
+        "budgetllm_usage_buffer_length": (
+            "Usage rows buffered by the Redis ledger and not yet written to the database.",
+            health.usage_buffer_length,
         ),
         "budgetllm_ledger_drift_micros": (
             "Ledger counters minus recorded usage at the last reconcile, summed over windows.",
