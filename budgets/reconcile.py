@@ -58,12 +58,14 @@ def _read(*, accounts: list[Account], now: dt.datetime) -> dict[str, WindowDrift
         keys_by_account.setdefault(account_id, []).append(key_id)
     for account in accounts:
         today = window_for(period=DAY, now=now, tz_name=account.timezone)
-        assert today.start is not None
         yesterday = window_for(
-            period=DAY, now=today.start - dt.timedelta(seconds=1), tz_name=account.timezone
+            period=DAY,
+            now=(today.start or now) - dt.timedelta(seconds=1),
+            tz_name=account.timezone,
         )
         for window in (today, yesterday):
-            assert window.start is not None and window.resets_at is not None
+            if window.start is None or window.resets_at is None:  # day windows always have both
+                continue
             wanted[f"account:{account.pk}:day:{window.label}"] = (
                 account.pk,
                 window.start,
@@ -79,12 +81,12 @@ def _read(*, accounts: list[Account], now: dt.datetime) -> dict[str, WindowDrift
                 )
     counters = get_ledger().read_counters(list(wanted))
     out = {}
-    for key, (account_id, start, end, key_id) in wanted.items():
+    for key, (account_id, start, end, only_key) in wanted.items():
         rows = UsageRecord.objects.filter(
             account_id=account_id, created_at__gte=start, created_at__lt=end
         )
-        if key_id is not None:
-            rows = rows.filter(api_key_id=key_id)
+        if only_key is not None:
+            rows = rows.filter(api_key_id=only_key)
         recorded = int(rows.aggregate(total=Sum("cost_micros"))["total"] or 0)
         state = counters.get(key)
         out[key] = WindowDrift(key, account_id, state.spent_micros if state else 0, recorded)
