@@ -107,9 +107,10 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
-    # Tests on a file, not SQLite's shared-cache memory database: that one answers
-    # concurrent writers with "table is locked" at once instead of waiting, so tests of
-    # two workers racing could not run on the embedded defaults.
+    # Tests on a file, not SQLite's in-memory default: the proxy tests serve the test
+    # database from a uvicorn subprocess, which must see what the test wrote, and the
+    # shared-cache memory database answers concurrent writers (two workers racing for a
+    # threshold alert) with "table is locked" at once instead of waiting.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -335,6 +336,24 @@ if BILLING_CHECKOUT_STANDIN:
     LEMONSQUEEZY_VARIANT_PRO = LEMONSQUEEZY_VARIANT_PRO or "111111"
     LEMONSQUEEZY_VARIANT_TEAM = LEMONSQUEEZY_VARIANT_TEAM or "222222"
     LEMONSQUEEZY_WEBHOOK_SECRET = LEMONSQUEEZY_WEBHOOK_SECRET or "standin_ls_secret"  # noqa: S105
+# --- The /v1 proxy ------------------------------------------------------------------------
+# Largest request body accepted (413 above it). Images inside count at the ceiling below.
+PROXY_MAX_BODY_BYTES = env_int("PROXY_MAX_BODY_BYTES", 16 * 1024 * 1024)
+# Tokens reserved per image part: above what any current OpenAI model bills for one image.
+PROXY_IMAGE_TOKEN_CEILING = env_int("PROXY_IMAGE_TOKEN_CEILING", 6000)
+# How long a worker reuses a resolved bllm_ key before reading it again: revoking or
+# pausing a key takes effect on every worker within this many seconds (0 = every request).
+PROXY_KEY_CACHE_SECONDS = env_int("PROXY_KEY_CACHE_SECONDS", 2)
+PROXY_UPSTREAM_CONNECT_TIMEOUT_SECONDS = env_int("PROXY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10)
+# Longest silence allowed from the provider (before the answer, or between stream events).
+PROXY_UPSTREAM_READ_TIMEOUT_SECONDS = env_int("PROXY_UPSTREAM_READ_TIMEOUT_SECONDS", 600)
+PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 256)
+# How long identical in-flight requests wait for the first one's answer before going
+# upstream themselves.
+PROXY_CACHE_WAIT_SECONDS = env_int("PROXY_CACHE_WAIT_SECONDS", 120)
+# Extra request headers passed on to the provider (besides OpenAI-Organization/-Project/
+# -Beta), comma separated; e.g. an OpenAI-compatible upstream's own headers.
+PROXY_FORWARD_HEADERS = env_list("PROXY_FORWARD_HEADERS")
 
 # --- i18n, static ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
