@@ -19,7 +19,7 @@ def test_one_json_line_per_request_without_prompts_or_keys() -> None:
         log_request(
             request_id=request_id,
             account_id=7,
-            api_key_prefix="bllm_ab12",
+            api_key_id="9d1c7a52-0000-4000-8000-000000000001",
             endpoint="chat.completions",
             model="gpt-4o-mini",
             status=200,
@@ -37,7 +37,7 @@ def test_one_json_line_per_request_without_prompts_or_keys() -> None:
     data = json.loads(line)
     assert data["msg"] == "proxied request"
     assert data["request_id"] == str(request_id)
-    assert data["key_prefix"] == "bllm_ab12"
+    assert data["api_key_id"] == "9d1c7a52-0000-4000-8000-000000000001"
     assert (data["status"], data["cache"], data["cost_micros"]) == (200, "MISS", 45)
     assert data["upstream_ms"] == 412.35 and data["overhead_ms"] == 1.23
     assert not {"messages", "prompt", "input", "authorization", "api_key"} & set(data)
