@@ -13,6 +13,8 @@ urlpatterns = [
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
+    path("metrics", ops.metrics, name="metrics"),
+    path("staff/metrics/", ops.staff_metrics, name="staff_metrics"),
     path("", include("accounts.urls")),
     path("keys/", include("keys.urls")),
     path("", include("budgets.urls")),
