@@ -19,8 +19,8 @@ from django.utils import timezone
 from accounts.models import Account
 from keys.models import ApiKey
 
-from .models import Cap, DailyUsage, UsageRecord
 from .display import percent
+from .models import Cap, DailyUsage, UsageRecord
 from .rollups import local_day_bounds
 
 CHART_PERIODS = (7, 30, 90)
@@ -222,8 +222,10 @@ def _cap_matches(cap: Cap, bucket: Bucket) -> bool:
 
 def cap_progress(*, account: Account, snapshot: UsageSnapshot) -> list[CapProgress]:
     """Every cap of the account with what its current window has recorded."""
-    caps = Cap.objects.filter(account=account).select_related("api_key").order_by(
-        "scope", "period", "model", "created_at"
+    caps = (
+        Cap.objects.filter(account=account)
+        .select_related("api_key")
+        .order_by("scope", "period", "model", "created_at")
     )
     out = []
     for cap in caps:
@@ -371,9 +373,7 @@ def chart_data(
     return {
         "days": days,
         "labels": [d.isoformat() for d in labels],
-        "spend": [
-            {"model": m, "usd": [usd_float(v) for v in by_model[m]]} for m in models_sorted
-        ],
+        "spend": [{"model": m, "usd": [usd_float(v) for v in by_model[m]]} for m in models_sorted],
         "saved": [usd_float(v) for v in saved],
         "total_cost_micros": total_cost,
         "total_saved_micros": sum(saved),
