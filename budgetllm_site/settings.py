@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "budgets",
     "proxy",
     "billing",
+    "marketing",
 ]
 
 MIDDLEWARE = [
@@ -106,6 +107,8 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Covering indexes (INCLUDE) speed up PostgreSQL; SQLite just builds the plain index.
+SILENCED_SYSTEM_CHECKS = ["models.W040"]
 
 # --- Redis, cache, Celery ---------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
@@ -193,6 +196,10 @@ MAGIC_LINK_MAX_AGE = 15 * 60
 SESAME_MAX_AGE = MAGIC_LINK_MAX_AGE
 SESAME_ONE_TIME = True
 SESAME_TOKEN_NAME = "token"  # noqa: S105 - the query parameter's name, not a secret
+
+# Landing-page waitlist: at most this many sign-ups per IP per window.
+WAITLIST_RATE_LIMIT = env_int("WAITLIST_RATE_LIMIT", 5)
+WAITLIST_RATE_WINDOW_SECONDS = env_int("WAITLIST_RATE_WINDOW_SECONDS", 3600)
 
 # --- Email -------------------------------------------------------------------------------
 # Console by default: magic links appear in the terminal that runs `make run`.

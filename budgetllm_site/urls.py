@@ -10,6 +10,7 @@ from proxy import ops
 urlpatterns = [
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
+    path("", include("marketing.urls")),
     path("", include("accounts.urls")),
     path("keys/", include("keys.urls")),
     path("", include("budgets.urls")),
