@@ -144,15 +144,45 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+# --- Spend ledger (budgets/ledger.py) ------------------------------------------------------
+# "redis" (production: one atomic Lua script per operation) or "sql" (the embedded
+# default: conditional UPDATEs in one transaction).
+LEDGER_BACKEND = env_str("LEDGER_BACKEND", "redis" if REDIS_URL else "sql")
+LEDGER_REDIS_URL = env_str("LEDGER_REDIS_URL", REDIS_URL)
+LEDGER_REDIS_PREFIX = env_str("LEDGER_REDIS_PREFIX", "bllm:ledger:")
+LEDGER_REDIS_TIMEOUT_SECONDS = float(env_int("LEDGER_REDIS_TIMEOUT_MS", 2000)) / 1000
+# A reservation not settled within this time (the worker died mid-request) is charged
+# at its full reserved amount by the sweep task.
+LEDGER_RESERVATION_TTL_SECONDS = env_int("LEDGER_RESERVATION_TTL_SECONDS", 600)
+LEDGER_SWEEP_INTERVAL_SECONDS = env_int("LEDGER_SWEEP_INTERVAL_SECONDS", 30)
+# How often buffered usage (Redis ledger) is written to UsageRecord rows.
+LEDGER_DRAIN_INTERVAL_SECONDS = env_int("LEDGER_DRAIN_INTERVAL_SECONDS", 2)
+# Counter windows Redis may forget this long after they end; run counters this long
+# after their last request.
+LEDGER_COUNTER_RETENTION_DAYS = env_int("LEDGER_COUNTER_RETENTION_DAYS", 90)
+# How long a process may reuse an account's caps and prices without re-reading them
+# (a cap change bumps a version that makes the next request re-read at once; this is
+# only the backstop).
+LEDGER_CONFIG_CACHE_SECONDS = env_int("LEDGER_CONFIG_CACHE_SECONDS", 60)
+
 # Every periodic task of the product, in one place.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Dashboard rollups: today's numbers at most a minute stale ...
-    "budgets-rollup-recent": {"task": "budgets.rollup_recent", "schedule": 60.0},
+    "budgets-rollup-recent": {"task": "budgets.tasks.rollup_recent", "schedule": 60.0},
     # ... and each account's previous local day closed once after its midnight (the task
     # picks the accounts whose local hour is 0, so every time zone gets its turn).
     "budgets-rollup-yesterday": {
-        "task": "budgets.rollup_yesterday",
+        "task": "budgets.tasks.rollup_yesterday",
         "schedule": crontab(minute=5),
+    },
+    "budgets-sweep-expired-reservations": {
+        "task": "budgets.tasks.sweep_expired_reservations",
+        "schedule": float(LEDGER_SWEEP_INTERVAL_SECONDS),
+    },
+    "budgets-drain-usage": {
+        "task": "budgets.tasks.drain_usage",
+        "schedule": float(LEDGER_DRAIN_INTERVAL_SECONDS),
     },
 }
 

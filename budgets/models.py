@@ -157,3 +157,61 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} (custom price)"
+
+
+class SpendCounter(models.Model):
+    """The SQL ledger's running total for one cap window (or run).
+
+    `key` names the window ("account:7:month:2026-11", "run:12:agent-42"): a new day or
+    month is a new row, so counters are never reset or deleted to start a period.
+    The Redis ledger keeps the same counters as Redis hashes.
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="spend_counters")
+    key = models.CharField(max_length=255)
+    # Start of the day/month window in the account's zone; null for run counters.
+    window_start = models.DateTimeField(null=True, blank=True)
+    spent_micros = models.BigIntegerField(default=0)
+    reserved_micros = models.BigIntegerField(default=0)
+    # The limit in force when this counter last refused a request: the key shows as
+    # capped while the limit is unchanged, until a new window starts a new counter.
+    refused_limit_micros = models.BigIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # Reserve looks counters up (and locks them) by key.
+            models.UniqueConstraint(fields=["key"], name="spendcounter_key_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.spent_micros}+{self.reserved_micros}µ$"
+
+
+class Reservation(models.Model):
+    """The SQL ledger's hold on spend for one request, until it is settled or expires."""
+
+    reservation_id = models.CharField(max_length=64, unique=True)
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="reservations")
+    counter_keys = models.JSONField(default=list)
+    amount_micros = models.BigIntegerField()
+    output_tokens = models.PositiveIntegerField(default=0)
+    # The UsageRecord fields to write if this reservation expires unsettled.
+    meta = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+    deadline = models.DateTimeField()
+    settled_at = models.DateTimeField(null=True, blank=True)
+    charged_micros = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # The sweeper's query: unsettled reservations past their deadline.
+            models.Index(
+                fields=["deadline"],
+                name="reservation_open_deadline",
+                condition=models.Q(settled_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reservation_id} {self.amount_micros}µ$"

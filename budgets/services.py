@@ -7,14 +7,36 @@ product is sold on: spend never passes a cap, also under concurrency and streami
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import logging
+import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
+
+from .ledger import (
+    MAX_EXACT,
+    CounterSpec,
+    CounterState,
+    Ledger,
+    LedgerError,
+    Quote,
+    ReserveOutcome,
+    StaleCaps,
+    get_ledger,
+)
 from .money import usd, usd_str
-from .pricing import Price, UnknownModel
-from .windows import describe_reset
+from .pricing import Price, UnknownModel, catalogue_price, custom_price
+from .windows import DAY, MONTH, RUN, Window, describe_reset, window_for
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AccountPaused",
@@ -270,28 +292,576 @@ def unknown_model_error(exc: UnknownModel) -> dict[str, Any]:
     }
 
 
-# --- Services (implemented below) -------------------------------------------------------
+# --- Caps and prices of an account, as admission needs them -----------------------------
+
+DATED_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+
+def canonical_model(model: str) -> str:
+    """'gpt-4o-2024-08-06' and 'GPT-4o' both count against a cap on 'gpt-4o'."""
+    return DATED_SNAPSHOT.sub("", model.strip().lower())
+
+
+@dataclass(frozen=True)
+class CapRow:
+    id: int
+    public_id: uuid.UUID
+    scope: str
+    period: str
+    api_key_id: int | None
+    model: str  # canonical
+    limit_micros: int
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    account_id: int
+    caps: tuple[CapRow, ...]
+    prices: dict[str, Price]  # custom prices by lower-cased model name
+    plan: str
+    plan_monthly_max_micros: int | None
+    version: str | None = None
+    loaded_at: float = 0.0
+
+
+def load_account_config(account_id: int) -> AccountConfig:
+    """Two small indexed queries (+ the plan); run at admit time or when the cache is stale."""
+    from accounts.models import Account
+    from billing.entitlements import entitlements_for
+
+    from .models import Cap, ModelPrice
+
+    account = Account.objects.get(id=account_id)
+    caps = tuple(
+        CapRow(
+            id=c.id,
+            public_id=c.public_id,
+            scope=c.scope,
+            period=c.period,
+            api_key_id=c.api_key_id,
+            model=canonical_model(c.model),
+            limit_micros=c.limit_micros,
+        )
+        for c in Cap.objects.filter(account_id=account_id)
+    )
+    prices = {
+        p.model.strip().lower(): custom_price(
+            input_micros_per_mtok=p.input_micros_per_mtok,
+            cached_input_micros_per_mtok=p.cached_input_micros_per_mtok,
+            output_micros_per_mtok=p.output_micros_per_mtok,
+            max_output_tokens=p.max_output_tokens,
+        )
+        for p in ModelPrice.objects.filter(account_id=account_id)
+    }
+    ent = entitlements_for(account)
+    return AccountConfig(
+        account_id=account_id,
+        caps=caps,
+        prices=prices,
+        plan=ent.plan,
+        plan_monthly_max_micros=ent.max_monthly_cap_micros,
+        loaded_at=time.monotonic(),
+    )
+
+
+_config_cache: dict[int, AccountConfig] = {}
+
+
+def _cached_config(account_id: int) -> AccountConfig | None:
+    config = _config_cache.get(account_id)
+    if config is None:
+        return None
+    if time.monotonic() - config.loaded_at > settings.LEDGER_CONFIG_CACHE_SECONDS:
+        return None
+    return config
+
+
+def caps_changed(*, account_id: int) -> None:
+    """Call after any change to an account's caps, custom prices or plan: the very next
+    request re-reads them (every process: the version lives in the ledger's store)."""
+    _config_cache.pop(account_id, None)
+    try:
+        get_ledger().bump_caps_version(account_id)
+    except LedgerError:
+        # The store is down: requests are refused until it is back; the cache's max age
+        # (LEDGER_CONFIG_CACHE_SECONDS) bounds how long a stale cap could be used after.
+        logger.warning("could not bump caps version of account %s", account_id)
+
+
+def price_in(config: AccountConfig, model: str) -> Price:
+    custom = config.prices.get(model.strip().lower())
+    if custom is not None:
+        return custom
+    price = catalogue_price(model=model)
+    if price is None:
+        raise UnknownModel(model)
+    return price
+
+
+# --- Planning an admission ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CounterInfo:
+    """Who a counter belongs to, for the refusal message."""
+
+    scope: str
+    period: str
+    subject: str
+    resets_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    counters: tuple[CounterSpec, ...]
+    infos: tuple[CounterInfo, ...]
+    quote: Quote
+    price: Price
+    embeddings: bool
+
+
+def _strictest(limits: list[int]) -> int | None:
+    return min(limits) if limits else None
+
+
+def counter_key(
+    *, scope: str, period: str, label: str, account_id: int, api_key_id: int | None, model: str
+) -> str:
+    if scope == "account":
+        return f"account:{account_id}:{period}:{label}"
+    if scope == "key":
+        return f"key:{api_key_id}:{period}:{label}"
+    if scope == "model":
+        if api_key_id:
+            return f"keymodel:{api_key_id}:{model}:{period}:{label}"
+        return f"model:{account_id}:{model}:{period}:{label}"
+    raise ValueError(scope)
+
+
+def run_counter_key(*, api_key_id: int, run_id: str) -> str:
+    return f"run:{api_key_id}:{run_id}"
+
+
+def _targets(
+    *, account_id: int, api_key_id: int, model: str, now: dt.datetime, tz_name: str
+) -> list[tuple[str, str, int | None, str, Window]]:
+    """(scope, period, api_key_id, model, window) of every time-windowed counter a request
+    of this key and model moves. Counters are kept whether or not a cap exists yet, so a
+    cap set mid-month starts from what was already spent this month."""
+    day = window_for(period=DAY, now=now, tz_name=tz_name)
+    month = window_for(period=MONTH, now=now, tz_name=tz_name)
+    out: list[tuple[str, str, int | None, str, Window]] = []
+    for window in (day, month):
+        out.append(("account", window.period, None, "", window))
+        out.append(("key", window.period, api_key_id, "", window))
+        out.append(("model", window.period, None, model, window))
+        out.append(("model", window.period, api_key_id, model, window))
+    return out
+
+
+def _limit(
+    config: AccountConfig, *, scope: str, period: str, api_key_id: int | None, model: str
+) -> tuple[int | None, str]:
+    """The strictest limit among the caps on this counter, and a note on where it came
+    from when not from a Cap row (the plan)."""
+    limits = [
+        c.limit_micros
+        for c in config.caps
+        if c.scope == scope
+        and c.period == period
+        and (scope == "account" or c.api_key_id == api_key_id)
+        and (scope != "model" or c.model == model)
+    ]
+    limit = _strictest(limits)
+    note = ""
+    if scope == "account" and period == MONTH and config.plan_monthly_max_micros is not None:
+        if limit is None or config.plan_monthly_max_micros < limit:
+            limit = config.plan_monthly_max_micros
+            note = f"the {config.plan.title()} plan's limit"
+    return limit, note
+
+
+def plan_admission(req: AdmitRequest, config: AccountConfig, *, now: dt.datetime) -> Plan:
+    key = req.key
+    price = price_in(config, req.model)
+    model = canonical_model(req.model)
+    retention = dt.timedelta(days=settings.LEDGER_COUNTER_RETENTION_DAYS)
+    counters: list[CounterSpec] = []
+    infos: list[CounterInfo] = []
+    for scope, period, api_key_id, cap_model, window in _targets(
+        account_id=key.account_id,
+        api_key_id=key.api_key_id,
+        model=model,
+        now=now,
+        tz_name=key.account_timezone,
+    ):
+        limit, note = _limit(
+            config, scope=scope, period=period, api_key_id=api_key_id, model=cap_model
+        )
+        counters.append(
+            CounterSpec(
+                key=counter_key(
+                    scope=scope,
+                    period=period,
+                    label=window.label,
+                    account_id=key.account_id,
+                    api_key_id=api_key_id,
+                    model=cap_model,
+                ),
+                limit_micros=limit,
+                window_start=window.start,
+                expires_at=(window.resets_at + retention) if window.resets_at else None,
+            )
+        )
+        subject = note
+        if scope == "key":
+            subject = f"key '{key.api_key_name}'"
+        elif scope == "model":
+            subject = f"model {cap_model}" + (f", key '{key.api_key_name}'" if api_key_id else "")
+        infos.append(CounterInfo(scope, period, subject, window.resets_at))
+    if req.run_id:
+        run_limits = [
+            c.limit_micros
+            for c in config.caps
+            if c.scope == "run" and c.api_key_id == key.api_key_id
+        ]
+        if req.run_budget_micros is not None:
+            # The header can only lower the key's run cap, never raise it.
+            run_limits.append(max(req.run_budget_micros, 0))
+        counters.append(
+            CounterSpec(
+                key=run_counter_key(api_key_id=key.api_key_id, run_id=req.run_id),
+                limit_micros=_strictest(run_limits),
+                expires_at=now + retention,
+            )
+        )
+        infos.append(CounterInfo("run", RUN, f"run '{req.run_id}'", None))
+
+    embeddings = req.endpoint == "embeddings"
+    rate_in, _, rate_out = price.rates_for(input_tokens=max(req.input_tokens_bound, 0))
+    # Worst case: every input token uncached, every choice as long as allowed.
+    fixed = max(req.input_tokens_bound, 0) * rate_in
+    per = 0 if embeddings else rate_out * max(req.choices, 1)
+    if embeddings:
+        ceiling = 0
+    elif req.requested_output_tokens is not None:
+        ceiling = max(req.requested_output_tokens, 0)
+    else:
+        ceiling = price.max_output_tokens
+    if fixed > MAX_EXACT:
+        raise RequestTooLarge()
+    if per and fixed + ceiling * per > MAX_EXACT:
+        ceiling = (MAX_EXACT - fixed) // per
+    quote = Quote(
+        fixed_mm=fixed,
+        per_output_mm=per,
+        ceiling_tokens=ceiling,
+        min_tokens=0 if embeddings else min(max(req.min_output_tokens, 0), ceiling),
+    )
+    return Plan(tuple(counters), tuple(infos), quote, price, embeddings)
+
+
+class RequestTooLarge(Refused):
+    http_status = 400
+    code = "request_too_large"
+
+    def __init__(self) -> None:
+        super().__init__("The request is too large to price against your caps.")
+
+
+def _meta(req: AdmitRequest, reservation_id: str, *, now: dt.datetime) -> dict[str, Any]:
+    """The UsageRecord written if this reservation expires unsettled."""
+    return {
+        "request_id": reservation_id,
+        "account_id": req.key.account_id,
+        "api_key_id": req.key.api_key_id,
+        "endpoint": req.endpoint,
+        "model": req.model,
+        "run_id": req.run_id,
+        "input_tokens": max(req.input_tokens_bound, 0),
+        "cached_tokens": 0,
+        "output_tokens": 0,
+        "choices": max(req.choices, 1),
+        "saved_micros": 0,
+        "cache_status": "MISS",
+        # 0: the response was never seen (the worker died); charged in full.
+        "http_status": 0,
+        "latency_ms": 0,
+        "created_at": now.isoformat(),
+    }
+
+
+def _result(req: AdmitRequest, plan: Plan, outcome: ReserveOutcome, rid: str) -> Admission:
+    if not outcome.ok:
+        assert outcome.tightest is not None  # noqa: S101 - a refusal names its counter
+        info = plan.infos[outcome.tightest]
+        spec = plan.counters[outcome.tightest]
+        raise BudgetExceeded(
+            scope=info.scope,
+            period=info.period,
+            limit_micros=spec.limit_micros or 0,
+            spent_micros=outcome.spent_micros,
+            reserved_micros=outcome.reserved_micros,
+            resets_at=info.resets_at,
+            subject=info.subject,
+            needed_micros=plan.quote.amount_micros(plan.quote.min_tokens),
+        )
+    requested = req.requested_output_tokens
+    clamped = not plan.embeddings and (requested is None or outcome.output_tokens < requested)
+    return Admission(
+        reservation_id=rid,
+        reserved_micros=outcome.amount_micros,
+        price=plan.price,
+        output_tokens_allowed=outcome.output_tokens,
+        clamped=clamped,
+        remaining_micros=outcome.remaining_micros,
+        account_id=req.key.account_id,
+        api_key_id=req.key.api_key_id,
+    )
+
+
+def _check_paused(req: AdmitRequest) -> None:
+    if req.key.account_paused:
+        raise AccountPaused()
+    if req.key.key_paused:
+        raise KeyPaused(req.key.api_key_name)
+
+
+def _reservation_id(req: AdmitRequest) -> str:
+    return str(req.request_id or uuid.uuid4())
+
+
+def admit_blocking(req: AdmitRequest) -> Admission:
+    """The whole admission in one synchronous step (the SQL ledger's path, and tools)."""
+    _check_paused(req)
+    ledger = get_ledger()
+    now = timezone.now()
+    rid = _reservation_id(req)
+    try:
+        config = load_account_config(req.key.account_id)
+    except DatabaseError as exc:
+        raise LedgerUnavailable("the database") from exc
+    plan = plan_admission(req, config, now=now)
+    try:
+        outcome = ledger.reserve(
+            reservation_id=rid,
+            account_id=req.key.account_id,
+            counters=plan.counters,
+            quote=plan.quote,
+            meta=_meta(req, rid, now=now),
+        )
+    except LedgerError as exc:
+        raise LedgerUnavailable(exc.what) from exc
+    return _result(req, plan, outcome, rid)
+
+
+async def _aconfig(ledger: Ledger, account_id: int) -> AccountConfig:
+    config = _cached_config(account_id)
+    if config is not None:
+        return config
+    try:
+        # Read the version BEFORE the rows: a change committed in between bumps it again,
+        # so the reserve script's check catches it.
+        version = await ledger.acaps_version(account_id)
+    except LedgerError as exc:
+        raise LedgerUnavailable(exc.what) from exc
+    try:
+        loaded = await sync_to_async(load_account_config)(account_id)
+    except DatabaseError as exc:
+        raise LedgerUnavailable("the database") from exc
+    config = dataclasses.replace(loaded, version=version)
+    _config_cache[account_id] = config
+    return config
 
 
 async def budget_admit(req: AdmitRequest) -> Admission:
-    raise NotImplementedError
+    """Reserve the request's worst case against every applicable cap, all or nothing,
+    clamping its output to what the tightest cap affords. Raises a `Refused` (402 / 403 /
+    503) or `UnknownModel` (400)."""
+    ledger = get_ledger()
+    if not ledger.checks_caps_version:
+        return await sync_to_async(admit_blocking)(req)
+    _check_paused(req)
+    rid = _reservation_id(req)
+    for _attempt in range(3):
+        config = await _aconfig(ledger, req.key.account_id)
+        now = timezone.now()
+        plan = plan_admission(req, config, now=now)
+        try:
+            outcome = await ledger.areserve(
+                reservation_id=rid,
+                account_id=req.key.account_id,
+                counters=plan.counters,
+                quote=plan.quote,
+                meta=_meta(req, rid, now=now),
+                caps_version=config.version,
+            )
+        except StaleCaps:
+            _config_cache.pop(req.key.account_id, None)
+            continue
+        except LedgerError as exc:
+            raise LedgerUnavailable(exc.what) from exc
+        return _result(req, plan, outcome, rid)
+    raise LedgerUnavailable("the caps kept changing during admission; retry")
+
+
+# --- Settling and recording ----------------------------------------------------------------
+
+
+def _record(*, account_id: int, api_key_id: int | None, usage: UsageData) -> dict[str, Any]:
+    return {
+        "request_id": str(usage.request_id),
+        "account_id": account_id,
+        "api_key_id": api_key_id,
+        "endpoint": usage.endpoint,
+        "model": usage.model,
+        "run_id": usage.run_id,
+        "input_tokens": usage.input_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "output_tokens": usage.output_tokens,
+        "cost_micros": usage.cost_micros,
+        "saved_micros": usage.saved_micros,
+        "cache_status": usage.cache_status,
+        "http_status": usage.http_status,
+        "latency_ms": usage.latency_ms,
+        "created_at": timezone.now().isoformat(),
+    }
 
 
 async def budget_settle(*, admission: Admission, usage: UsageData) -> None:
-    raise NotImplementedError
+    """Charge the actual cost (even above the reservation: over-count, never under),
+    release the rest and record the usage, in one ledger step. Idempotent."""
+    record = _record(account_id=admission.account_id, api_key_id=admission.api_key_id, usage=usage)
+    try:
+        await get_ledger().asettle(
+            reservation_id=admission.reservation_id, cost_micros=usage.cost_micros, record=record
+        )
+    except LedgerError as exc:
+        # The reservation stays and the sweep charges it in full once the store is back.
+        raise LedgerUnavailable(exc.what) from exc
 
 
 async def budget_release(*, admission: Admission, usage: UsageData | None = None) -> None:
-    raise NotImplementedError
+    """The provider refused or failed without charging: release the reservation (and
+    record the request if `usage` is given). A usage that reports a cost is charged."""
+    record = (
+        _record(account_id=admission.account_id, api_key_id=admission.api_key_id, usage=usage)
+        if usage is not None
+        else None
+    )
+    try:
+        await get_ledger().asettle(
+            reservation_id=admission.reservation_id,
+            cost_micros=usage.cost_micros if usage is not None else 0,
+            record=record,
+        )
+    except LedgerError as exc:
+        raise LedgerUnavailable(exc.what) from exc
+
+
+def _cache_hit_record(key: ResolvedKeyLike, usage: UsageData) -> dict[str, Any]:
+    # A hit spends nothing: cost 0 whatever the caller passed; saved = the original cost.
+    return {
+        **_record(account_id=key.account_id, api_key_id=key.api_key_id, usage=usage),
+        "cost_micros": 0,
+        "cache_status": "HIT",
+    }
 
 
 def record_cache_hit(*, key: ResolvedKeyLike, usage: UsageData) -> None:
-    raise NotImplementedError
+    """A cache hit: no reservation, cost 0, saved = the original cost. Not blocked by caps."""
+    try:
+        get_ledger().record_usage(_cache_hit_record(key, usage))
+    except LedgerError as exc:
+        raise LedgerUnavailable(exc.what) from exc
 
 
 async def arecord_cache_hit(*, key: ResolvedKeyLike, usage: UsageData) -> None:
-    raise NotImplementedError
+    try:
+        await get_ledger().arecord_usage(_cache_hit_record(key, usage))
+    except LedgerError as exc:
+        raise LedgerUnavailable(exc.what) from exc
 
 
-def cap_status(*, account: Any) -> list[CapStatus]:
-    raise NotImplementedError
+# --- Periodic work (called by budgets.tasks) -----------------------------------------------
+
+
+def reservations_sweep(*, now: dt.datetime | None = None) -> int:
+    """Charge reservations whose worker died at their full reserved amount."""
+    return get_ledger().sweep_expired(now=now)
+
+
+def usage_drain() -> int:
+    return get_ledger().drain_usage()
+
+
+# --- The dashboard's view of caps ------------------------------------------------------------
+
+
+def cap_status(*, account: Any, now: dt.datetime | None = None) -> list[CapStatus]:
+    """Every cap of the account with its current window's spent / reserved / resets_at.
+    Run caps are per run: they show the limit only (spent 0, no window)."""
+    now = now or timezone.now()
+    config = load_account_config(account.id)
+    tz_name = account.timezone
+    planned: list[tuple[CapRow, str | None, Window | None, int | None]] = []
+    for cap in config.caps:
+        if cap.scope == "run" or cap.period == RUN:
+            planned.append((cap, None, None, None))
+            continue
+        window = window_for(period=cap.period, now=now, tz_name=tz_name)
+        key = counter_key(
+            scope=cap.scope,
+            period=cap.period,
+            label=window.label,
+            account_id=account.id,
+            api_key_id=cap.api_key_id,
+            model=cap.model,
+        )
+        effective, _ = _limit(
+            config, scope=cap.scope, period=cap.period, api_key_id=cap.api_key_id, model=cap.model
+        )
+        planned.append((cap, key, window, effective))
+    states = get_ledger().read_counters([k for _, k, _, _ in planned if k])
+    out = []
+    for cap, counter, cap_window, effective in planned:
+        state = states.get(counter, CounterState()) if counter else CounterState()
+        refused = state.refused_limit_micros is not None and state.refused_limit_micros == effective
+        capped = counter is not None and (
+            state.spent_micros + state.reserved_micros >= cap.limit_micros or refused
+        )
+        out.append(
+            CapStatus(
+                cap_id=cap.id,
+                cap_public_id=cap.public_id,
+                scope=cap.scope,
+                period=cap.period,
+                api_key_id=cap.api_key_id,
+                model=cap.model,
+                limit_micros=cap.limit_micros,
+                spent_micros=state.spent_micros,
+                reserved_micros=state.reserved_micros,
+                window_start=cap_window.start if cap_window else None,
+                resets_at=cap_window.resets_at if cap_window else None,
+                capped=capped,
+            )
+        )
+    return out
+
+
+def capped_keys(*, account: Any, now: dt.datetime | None = None) -> dict[int, dt.datetime | None]:
+    """Keys auto-paused by a reached key cap, with when they serve again by themselves
+    (the latest reset among their reached caps). Derived from the counters: nothing is
+    stored, and the next window's counter starts fresh."""
+    out: dict[int, dt.datetime | None] = {}
+    for status in cap_status(account=account, now=now):
+        if status.scope != "key" or not status.capped or status.api_key_id is None:
+            continue
+        prev = out.get(status.api_key_id)
+        if prev is None or (status.resets_at and status.resets_at > prev):
+            out[status.api_key_id] = status.resets_at
+    return out
+
+
+def key_is_capped(*, account: Any, api_key_id: int, now: dt.datetime | None = None) -> bool:
+    return api_key_id in capped_keys(account=account, now=now)
