@@ -106,6 +106,9 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+    # A file, not SQLite's in-memory default: the proxy tests serve the test database from
+    # a uvicorn subprocess, which must see what the test wrote.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Covering indexes (INCLUDE) speed up PostgreSQL; SQLite just builds the plain index.
 SILENCED_SYSTEM_CHECKS = ["models.W040"]
@@ -253,6 +256,22 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "BudgetLLM <noreply@budgetllm
 OPENAI_UPSTREAM_BASE_URL = env_str("OPENAI_UPSTREAM_BASE_URL", "https://api.openai.com/v1").rstrip(
     "/"
 )
+
+# --- The /v1 proxy ------------------------------------------------------------------------
+# Largest request body accepted (413 above it). Images inside count at the ceiling below.
+PROXY_MAX_BODY_BYTES = env_int("PROXY_MAX_BODY_BYTES", 16 * 1024 * 1024)
+# Tokens reserved per image part: above what any current OpenAI model bills for one image.
+PROXY_IMAGE_TOKEN_CEILING = env_int("PROXY_IMAGE_TOKEN_CEILING", 6000)
+# How long a worker reuses a resolved bllm_ key before reading it again: revoking or
+# pausing a key takes effect on every worker within this many seconds (0 = every request).
+PROXY_KEY_CACHE_SECONDS = env_int("PROXY_KEY_CACHE_SECONDS", 2)
+PROXY_UPSTREAM_CONNECT_TIMEOUT_SECONDS = env_int("PROXY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10)
+# Longest silence allowed from the provider (before the answer, or between stream events).
+PROXY_UPSTREAM_READ_TIMEOUT_SECONDS = env_int("PROXY_UPSTREAM_READ_TIMEOUT_SECONDS", 600)
+PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 256)
+# How long identical in-flight requests wait for the first one's answer before going
+# upstream themselves.
+PROXY_CACHE_WAIT_SECONDS = env_int("PROXY_CACHE_WAIT_SECONDS", 120)
 
 # --- i18n, static ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

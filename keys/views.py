@@ -17,6 +17,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.middleware import HtmxDetails
 
 from accounts.models import Account, User
 from accounts.services import account_for_user
@@ -29,7 +30,10 @@ TEMPLATE = "keys/index.html"
 
 
 class AuthedRequest(HttpRequest):
+    """A request behind login_required, with django-htmx's details attached."""
+
     user: User
+    htmx: HtmxDetails
 
 
 def _account(request: AuthedRequest) -> Account:

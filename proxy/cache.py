@@ -1,0 +1,296 @@
+"""Exact-match response cache, scoped per account, with single-flight.
+
+Key: SHA-256 over the endpoint and a canonical JSON form of the request body — keys
+sorted, nulls dropped, and the fields that do not change the answer (`stream`,
+`stream_options`, `user`, `metadata`, `store`, ...) removed. The account id is part of
+the storage key, so one account can never read another's entries.
+
+Store: Redis when REDIS_URL is set (one round trip to look up *and* claim the
+single-flight lock, one to write *and* unlock), else the `CachedResponse` table, which
+every process of an embedded run shares.
+
+Single-flight: the first request for a key becomes the leader; identical requests in the
+same process await its future, those in other processes poll the store until the leader
+writes the answer (or gives up, when they go upstream themselves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import IntegrityError, close_old_connections
+from django.db.models import Q
+from django.utils import timezone
+
+# Fields that do not change what the model answers.
+_IGNORED_FIELDS = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "store",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "service_tier",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    body: bytes  # the full (non-streaming) JSON answer, exactly as the provider sent it
+    cost_micros: int  # what the original answer cost: a hit records it as saved
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+
+    def dumps(self) -> bytes:
+        head = json.dumps(
+            [self.cost_micros, self.input_tokens, self.cached_tokens, self.output_tokens]
+        ).encode()
+        return head + b"\n" + self.body
+
+    @classmethod
+    def loads(cls, value: bytes) -> CacheEntry:
+        head, _, body = value.partition(b"\n")
+        cost, inp, cached, out = json.loads(head)
+        return cls(body, int(cost), int(inp), int(cached), int(out))
+
+
+def cache_digest(*, endpoint: str, body: dict[str, Any]) -> str:
+    canon = {k: v for k, v in body.items() if k not in _IGNORED_FIELDS and v is not None}
+    text = json.dumps([endpoint, canon], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_bypassed(headers: dict[str, str]) -> bool:
+    control = headers.get("cache-control", "").lower()
+    if "no-cache" in control or "no-store" in control:
+        return True
+    return headers.get("x-budgetllm-cache", "").strip().lower() in ("off", "bypass", "0", "false")
+
+
+# --- stores ----------------------------------------------------------------------------
+
+_HIT, _LEAD, _WAIT = "hit", "lead", "wait"
+
+# GET the answer, else take the in-flight lock (NX): hit / lead / wait in one round trip.
+_LOOKUP_OR_LOCK = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+return 0
+"""
+
+
+class RedisStore:
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as aioredis
+
+        self._url = url
+        self._aioredis = aioredis
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._scripts: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    def _client(self) -> tuple[Any, Any]:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._aioredis.Redis.from_url(self._url, socket_timeout=5)
+            self._clients[loop] = client
+            self._scripts[loop] = client.register_script(_LOOKUP_OR_LOCK)
+        return client, self._scripts[loop]
+
+    @staticmethod
+    def _keys(account_id: int, digest: str) -> list[str]:
+        return [f"bllm:cache:{account_id}:{digest}", f"bllm:cache-lock:{account_id}:{digest}"]
+
+    async def lookup_or_lock(
+        self, account_id: int, digest: str, lock_seconds: int
+    ) -> tuple[str, CacheEntry | None]:
+        _, script = self._client()
+        result = await script(keys=self._keys(account_id, digest), args=[lock_seconds * 1000])
+        if isinstance(result, bytes):
+            return _HIT, CacheEntry.loads(result)
+        return (_LEAD if result == 1 else _WAIT), None
+
+    async def put_and_unlock(
+        self, account_id: int, digest: str, entry: CacheEntry | None, ttl: int
+    ) -> None:
+        client, _ = self._client()
+        key, lock = self._keys(account_id, digest)
+        async with client.pipeline(transaction=False) as pipe:
+            if entry is not None:
+                pipe.set(key, entry.dumps(), ex=ttl)
+            pipe.delete(lock)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+
+def _sql_lookup_or_lock(
+    account_id: int, digest: str, lock_seconds: int
+) -> tuple[str, CacheEntry | None]:
+    from .models import CachedResponse
+
+    try:
+        now = timezone.now()
+        row = (
+            CachedResponse.objects.filter(account_id=account_id, digest=digest)
+            .only("value", "expires_at", "locked_until")
+            .first()
+        )
+        if row is not None and row.value is not None and row.expires_at > now:
+            return _HIT, CacheEntry.loads(bytes(row.value))
+        until = now + timedelta(seconds=lock_seconds)
+        if row is None:
+            try:
+                CachedResponse.objects.create(
+                    account_id=account_id, digest=digest, expires_at=now, locked_until=until
+                )
+            except IntegrityError:
+                return _WAIT, None
+            return _LEAD, None
+        # Claim the row only if nobody holds a live lock on it (conditional UPDATE).
+        claimed = (
+            CachedResponse.objects.filter(pk=row.pk)
+            .filter(Q(locked_until__isnull=True) | Q(locked_until__lte=now))
+            .update(locked_until=until)
+        )
+        return (_LEAD if claimed else _WAIT), None
+    finally:
+        close_old_connections()
+
+
+def _sql_put_and_unlock(account_id: int, digest: str, entry: CacheEntry | None, ttl: int) -> None:
+    from .models import CachedResponse
+
+    try:
+        now = timezone.now()
+        if entry is None:
+            CachedResponse.objects.filter(account_id=account_id, digest=digest).update(
+                locked_until=None
+            )
+            return
+        CachedResponse.objects.update_or_create(
+            account_id=account_id,
+            digest=digest,
+            defaults={
+                "value": entry.dumps(),
+                "expires_at": now + timedelta(seconds=ttl),
+                "locked_until": None,
+            },
+        )
+        # Keep the table small: drop this account's expired, unlocked entries.
+        CachedResponse.objects.filter(
+            account_id=account_id, expires_at__lt=now, locked_until__isnull=True
+        ).delete()
+    finally:
+        close_old_connections()
+
+
+class SqlStore:
+    async def lookup_or_lock(
+        self, account_id: int, digest: str, lock_seconds: int
+    ) -> tuple[str, CacheEntry | None]:
+        return await sync_to_async(_sql_lookup_or_lock, thread_sensitive=False)(
+            account_id, digest, lock_seconds
+        )
+
+    async def put_and_unlock(
+        self, account_id: int, digest: str, entry: CacheEntry | None, ttl: int
+    ) -> None:
+        await sync_to_async(_sql_put_and_unlock, thread_sensitive=False)(
+            account_id, digest, entry, ttl
+        )
+
+    async def close(self) -> None:
+        return None
+
+
+_store: RedisStore | SqlStore | None = None
+
+
+def cache_store() -> RedisStore | SqlStore:
+    global _store
+    if _store is None:
+        _store = RedisStore(settings.REDIS_URL) if settings.REDIS_URL else SqlStore()
+    return _store
+
+
+# --- single-flight ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Flight:
+    """Leadership for one key: the holder calls upstream and must call `cache_finish`."""
+
+    account_id: int
+    digest: str
+    future: asyncio.Future[CacheEntry | None]
+
+
+_local: dict[tuple[int, str], asyncio.Future[CacheEntry | None]] = {}
+
+
+async def cache_get_or_lead(*, account_id: int, digest: str) -> CacheEntry | Flight | None:
+    """A cached answer, leadership of this key, or None (go upstream without caching)."""
+    wait_seconds = int(settings.PROXY_CACHE_WAIT_SECONDS)
+    slot = (account_id, digest)
+    pending = _local.get(slot)
+    if pending is not None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), wait_seconds)
+        except TimeoutError:
+            return None
+    future: asyncio.Future[CacheEntry | None] = asyncio.get_running_loop().create_future()
+    _local[slot] = future
+    store = cache_store()
+    try:
+        deadline = asyncio.get_running_loop().time() + wait_seconds
+        delay = 0.01
+        while True:
+            state, entry = await store.lookup_or_lock(account_id, digest, wait_seconds)
+            if state == _HIT:
+                _resolve(slot, future, entry)
+                return entry
+            if state == _LEAD:
+                return Flight(account_id, digest, future)
+            # Another process is fetching this answer: poll until it lands or we time out.
+            if asyncio.get_running_loop().time() + delay > deadline:
+                _resolve(slot, future, None)
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+    except BaseException:
+        _resolve(slot, future, None)
+        raise
+
+
+def _resolve(
+    slot: tuple[int, str], future: asyncio.Future[CacheEntry | None], entry: CacheEntry | None
+) -> None:
+    if _local.get(slot) is future:
+        del _local[slot]
+    if not future.done():
+        future.set_result(entry)
+
+
+async def cache_finish(flight: Flight, entry: CacheEntry | None, *, ttl: int) -> None:
+    """Store the leader's answer (None: nothing cacheable) and wake the waiters."""
+    try:
+        await cache_store().put_and_unlock(flight.account_id, flight.digest, entry, ttl)
+    finally:
+        _resolve((flight.account_id, flight.digest), flight.future, entry)

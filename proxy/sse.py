@@ -1,0 +1,411 @@
+"""Server-sent events: relay helpers, usage capture, and conversion to/from full answers.
+
+The relay forwards whole events as they arrive (never the whole stream). Per event it
+does only byte searches; JSON is parsed for the one event that carries the usage, and,
+after the stream, for the stored events when the answer goes into the cache or a
+disconnect needs an estimate.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+DONE = b"data: [DONE]\n\n"
+# Beyond this many bytes of stored events we stop keeping them: the answer is not cached
+# and a disconnect is charged at the full reservation (an over-count, never an under-count).
+MAX_KEPT_BYTES = 4 * 1024 * 1024
+
+
+class SseSplitter:
+    """Cuts a byte stream into complete events (each ending in a blank line)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\n\n" not in buf:
+            self._buf = buf
+            return []
+        parts = buf.split(b"\n\n")
+        self._buf = parts.pop()
+        return [p + b"\n\n" for p in parts if p]
+
+    def rest(self) -> bytes:
+        rest, self._buf = self._buf, b""
+        return rest
+
+
+def event_data(event: bytes) -> bytes:
+    """The data field of one event (multi-line data joined with newlines)."""
+    lines = [
+        line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+    ]
+    return b"\n".join(lines)
+
+
+def event_name(event: bytes) -> bytes:
+    if event.startswith(b"event:"):
+        return event[6 : event.index(b"\n")].strip()
+    return b""
+
+
+def _has_usage_object(event: bytes) -> bool:
+    return b'"usage":{' in event or b'"usage": {' in event
+
+
+class ChatStream:
+    """State of one relayed chat-completions stream."""
+
+    __slots__ = ("strip_usage", "usage", "kept", "kept_bytes", "overflow", "done", "events")
+
+    def __init__(self, *, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage
+        self.usage: dict[str, Any] | None = None
+        self.kept: list[bytes] = []
+        self.kept_bytes = 0
+        self.overflow = False
+        self.done = False
+        self.events = 0
+
+    def process(self, event: bytes) -> bytes | None:
+        """The event to forward, or None to drop it (our own usage chunk)."""
+        self.events += 1
+        if event.startswith(DONE[:12]) and event_data(event) == b"[DONE]":
+            self.done = True
+            return event
+        if _has_usage_object(event):
+            payload = json.loads(event_data(event))
+            usage = payload.get("usage")
+            if isinstance(usage, dict):
+                self.usage = usage
+            if self.strip_usage and not payload.get("choices"):
+                return None
+            self._keep(event)
+            return event
+        self._keep(event)
+        return event
+
+    def _keep(self, event: bytes) -> None:
+        if self.overflow:
+            return
+        self.kept_bytes += len(event)
+        if self.kept_bytes > MAX_KEPT_BYTES:
+            self.overflow = True
+            self.kept = []
+            return
+        self.kept.append(event)
+
+    def chunks(self) -> list[dict[str, Any]]:
+        out = []
+        for event in self.kept:
+            data = event_data(event)
+            if data and data != b"[DONE]":
+                payload = json.loads(data)
+                if isinstance(payload, dict) and "error" not in payload:
+                    out.append(payload)
+        return out
+
+    def output_estimate(self) -> int | None:
+        """Upper bound on output tokens streamed so far (tokens <= UTF-8 bytes), or None."""
+        if self.overflow:
+            return None
+        total = 0
+        for chunk in self.chunks():
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                text = (delta.get("content") or "") + (delta.get("refusal") or "")
+                for call in delta.get("tool_calls") or ():
+                    fn = call.get("function") or {}
+                    text += (fn.get("name") or "") + (fn.get("arguments") or "")
+                # Every event with text carries at least one token, and a token at least a byte.
+                total += max(len(text.encode()), 1 if text else 0)
+        return total
+
+
+def chat_assemble(chunks: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:
+    """The non-streaming chat.completion equivalent of a finished stream."""
+    first = chunks[0]
+    choices: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        for c in chunk.get("choices") or ():
+            i = c.get("index", 0)
+            slot = choices.setdefault(
+                i,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "refusal": None,
+                    "tool_calls": {},
+                    "finish_reason": None,
+                    "logprobs": None,
+                },
+            )
+            delta = c.get("delta") or {}
+            if delta.get("role"):
+                slot["role"] = delta["role"]
+            if delta.get("content") is not None:
+                slot["content"] = (slot["content"] or "") + delta["content"]
+            if delta.get("refusal") is not None:
+                slot["refusal"] = (slot["refusal"] or "") + delta["refusal"]
+            for call in delta.get("tool_calls") or ():
+                t = slot["tool_calls"].setdefault(
+                    call.get("index", 0),
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                if call.get("id"):
+                    t["id"] = call["id"]
+                if call.get("type"):
+                    t["type"] = call["type"]
+                fn = call.get("function") or {}
+                t["function"]["name"] += fn.get("name") or ""
+                t["function"]["arguments"] += fn.get("arguments") or ""
+            if c.get("finish_reason"):
+                slot["finish_reason"] = c["finish_reason"]
+            if c.get("logprobs"):
+                lp = slot["logprobs"] or {"content": [], "refusal": None}
+                lp["content"] = (lp.get("content") or []) + (c["logprobs"].get("content") or [])
+                slot["logprobs"] = lp
+    out_choices = []
+    for i in sorted(choices):
+        slot = choices[i]
+        message: dict[str, Any] = {
+            "role": slot["role"],
+            "content": slot["content"],
+            "refusal": slot["refusal"],
+        }
+        if slot["tool_calls"]:
+            message["tool_calls"] = [slot["tool_calls"][k] for k in sorted(slot["tool_calls"])]
+        out_choices.append(
+            {
+                "index": i,
+                "message": message,
+                "finish_reason": slot["finish_reason"],
+                "logprobs": slot["logprobs"],
+            }
+        )
+    full: dict[str, Any] = {
+        "id": first.get("id"),
+        "object": "chat.completion",
+        "created": first.get("created"),
+        "model": first.get("model"),
+        "choices": out_choices,
+        "usage": usage,
+    }
+    for extra in ("system_fingerprint", "service_tier"):
+        if first.get(extra) is not None:
+            full[extra] = first[extra]
+    return full
+
+
+def _data(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def chat_replay(full: dict[str, Any], *, include_usage: bool) -> list[bytes]:
+    """A valid chat.completion.chunk stream equivalent to a cached full answer."""
+    base: dict[str, Any] = {
+        "id": full.get("id"),
+        "object": "chat.completion.chunk",
+        "created": full.get("created"),
+        "model": full.get("model"),
+    }
+    for extra in ("system_fingerprint", "service_tier"):
+        if full.get(extra) is not None:
+            base[extra] = full[extra]
+    if include_usage:
+        base["usage"] = None
+    events = []
+    for choice in full.get("choices") or ():
+        i = choice.get("index", 0)
+        message = choice.get("message") or {}
+        first_delta: dict[str, Any] = {"role": message.get("role", "assistant"), "content": ""}
+        if message.get("refusal") is None and message.get("content") is None:
+            first_delta["content"] = None
+        events.append(
+            _data(
+                {
+                    **base,
+                    "choices": [
+                        {"index": i, "delta": first_delta, "logprobs": None, "finish_reason": None}
+                    ],
+                }
+            )
+        )
+        delta: dict[str, Any] = {}
+        if message.get("content"):
+            delta["content"] = message["content"]
+        if message.get("refusal"):
+            delta["refusal"] = message["refusal"]
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [
+                {"index": k, **call} for k, call in enumerate(message["tool_calls"])
+            ]
+        if delta:
+            events.append(
+                _data(
+                    {
+                        **base,
+                        "choices": [
+                            {
+                                "index": i,
+                                "delta": delta,
+                                "logprobs": choice.get("logprobs"),
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                )
+            )
+        events.append(
+            _data(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": i,
+                            "delta": {},
+                            "logprobs": None,
+                            "finish_reason": choice.get("finish_reason") or "stop",
+                        }
+                    ],
+                }
+            )
+        )
+    if include_usage:
+        events.append(_data({**base, "choices": [], "usage": full.get("usage")}))
+    events.append(DONE)
+    return events
+
+
+_TERMINAL_RESPONSE_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
+
+
+class ResponsesStream:
+    """State of one relayed Responses API stream (usage comes in the terminal event)."""
+
+    __slots__ = (
+        "usage",
+        "response",
+        "kept",
+        "kept_bytes",
+        "overflow",
+        "done",
+        "completed",
+        "events",
+    )
+
+    def __init__(self) -> None:
+        self.usage: dict[str, Any] | None = None
+        self.response: dict[str, Any] | None = None
+        self.completed = False
+        self.kept: list[bytes] = []
+        self.kept_bytes = 0
+        self.overflow = False
+        self.done = False
+        self.events = 0
+
+    def process(self, event: bytes) -> bytes:
+        self.events += 1
+        name = event_name(event)
+        if name in _TERMINAL_RESPONSE_EVENTS:
+            payload = json.loads(event_data(event))
+            response = payload.get("response") or {}
+            self.response = response
+            usage = response.get("usage")
+            if isinstance(usage, dict):
+                self.usage = usage
+            self.done = True
+            self.completed = name == b"response.completed"
+            return event
+        if b"delta" in name and not self.overflow:
+            self.kept_bytes += len(event)
+            if self.kept_bytes > MAX_KEPT_BYTES:
+                self.overflow = True
+                self.kept = []
+            else:
+                self.kept.append(event)
+        return event
+
+    def output_estimate(self) -> int | None:
+        if self.overflow:
+            return None
+        total = 0
+        for event in self.kept:
+            payload = json.loads(event_data(event))
+            delta = payload.get("delta")
+            if isinstance(delta, str) and delta:
+                total += max(len(delta.encode()), 1)
+        return total
+
+
+def _event(kind: str, seq: int, payload: dict[str, Any]) -> bytes:
+    body = json.dumps({"type": kind, "sequence_number": seq, **payload}, separators=(",", ":"))
+    return f"event: {kind}\ndata: {body}\n\n".encode()
+
+
+def responses_replay(full: dict[str, Any]) -> list[bytes]:
+    """A valid Responses API event stream equivalent to a cached full response."""
+    events: list[bytes] = []
+    seq = 0
+
+    def emit(kind: str, payload: dict[str, Any]) -> None:
+        nonlocal seq
+        events.append(_event(kind, seq, payload))
+        seq += 1
+
+    in_progress = {**full, "status": "in_progress", "output": [], "usage": None}
+    emit("response.created", {"response": in_progress})
+    emit("response.in_progress", {"response": in_progress})
+    for idx, item in enumerate(full.get("output") or ()):
+        item_id = item.get("id")
+        kind = item.get("type")
+        if kind == "message":
+            emit(
+                "response.output_item.added",
+                {"output_index": idx, "item": {**item, "status": "in_progress", "content": []}},
+            )
+            for cidx, part in enumerate(item.get("content") or ()):
+                where = {"item_id": item_id, "output_index": idx, "content_index": cidx}
+                if part.get("type") == "output_text":
+                    empty = {**part, "text": "", "annotations": []}
+                    emit("response.content_part.added", {**where, "part": empty})
+                    emit(
+                        "response.output_text.delta",
+                        {**where, "delta": part.get("text", ""), "logprobs": []},
+                    )
+                    emit(
+                        "response.output_text.done",
+                        {**where, "text": part.get("text", ""), "logprobs": []},
+                    )
+                elif part.get("type") == "refusal":
+                    emit("response.content_part.added", {**where, "part": {**part, "refusal": ""}})
+                    emit("response.refusal.delta", {**where, "delta": part.get("refusal", "")})
+                    emit("response.refusal.done", {**where, "refusal": part.get("refusal", "")})
+                else:
+                    emit("response.content_part.added", {**where, "part": part})
+                emit("response.content_part.done", {**where, "part": part})
+        elif kind == "function_call":
+            emit(
+                "response.output_item.added",
+                {"output_index": idx, "item": {**item, "status": "in_progress", "arguments": ""}},
+            )
+            where = {"item_id": item_id, "output_index": idx}
+            emit(
+                "response.function_call_arguments.delta",
+                {**where, "delta": item.get("arguments", "")},
+            )
+            emit(
+                "response.function_call_arguments.done",
+                {**where, "arguments": item.get("arguments", ""), "name": item.get("name")},
+            )
+        else:
+            emit("response.output_item.added", {"output_index": idx, "item": item})
+        emit("response.output_item.done", {"output_index": idx, "item": item})
+    emit("response.completed", {"response": full})
+    return events

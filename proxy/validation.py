@@ -1,0 +1,394 @@
+"""Parse and bound a /v1 request body before anything is reserved.
+
+The ledger reserves the worst case before the provider is called, so this module's job
+is an upper bound on the input tokens that can never be too low. No tokenizer can be
+downloaded here; instead we use the fact that OpenAI's byte-level BPE encodings spend at
+least one UTF-8 byte of text per token. The raw JSON body contains every prompt-bearing
+string (escaped, which is never shorter than its UTF-8 form) plus the punctuation around
+each message, which more than covers the few formatting tokens per message. So, when a
+body carries no media, `len(raw body)` is a safe bound found in O(1).
+
+Images are not bounded by their bytes (a URL is short, a base64 image long), so each one
+counts as `PROXY_IMAGE_TOKEN_CEILING` tokens instead of its bytes. Audio, files, stored
+conversation state (`previous_response_id`, `conversation`, item references, stored
+prompts) and hosted tools bill amounts that cannot be bounded before the call: they are
+refused with a clear message rather than risk a cap.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from .errors import bad_request
+
+CHAT = "chat.completions"
+RESPONSES = "responses"
+EMBEDDINGS = "embeddings"
+
+# Markers that make the O(1) bound unsafe: media whose tokens are not tied to its bytes.
+# A `\u` escape could spell a media key without matching these, so it forces the walk too.
+_MEDIA_MARKERS = (
+    b'"image_url"',
+    b'"input_image"',
+    b'"input_audio"',
+    b'"input_file"',
+    b'"file"',
+    b'"item_reference"',
+    b"\\u",
+)
+
+_IMAGE_PART_TYPES = {"image_url", "input_image"}
+_UNBOUNDED_PART_TYPES = {
+    "input_audio": "audio input",
+    "input_file": "file input",
+    "file": "file input",
+    "item_reference": "item references (stored items)",
+}
+_FUNCTION_TOOL_TYPES = {"function", "custom"}
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    endpoint: str
+    body: dict[str, Any]
+    raw: bytes
+    model: str
+    stream: bool
+    # Chat only: whether the client itself asked for the usage chunk of a stream.
+    client_wants_usage: bool
+    requested_output_tokens: int | None
+    # Where a clamp is written, in the field the client used (or the endpoint's default).
+    output_fields: tuple[str, ...]
+    choices: int
+    input_tokens_bound: int
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(
+            f"We could not parse the JSON body of your request ({exc}). "
+            "The body must be a JSON object sent with Content-Type: application/json.",
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _opt_int(body: dict[str, Any], name: str, *, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request(
+            f"Invalid type for '{name}': expected an integer, but got {type(value).__name__}.",
+            param=name,
+            code="invalid_type",
+        )
+    if value < minimum:
+        raise bad_request(
+            f"Invalid '{name}': integer below minimum value. Expected a value >= {minimum}, "
+            f"but got {value} instead.",
+            param=name,
+            code="integer_below_min_value",
+        )
+    return value
+
+
+def _opt_bool(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad_request(
+            f"Invalid type for '{name}': expected a boolean, but got {type(value).__name__}.",
+            param=name,
+            code="invalid_type",
+        )
+    return value
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise bad_request("You must provide a model parameter.", param="model", code="missing")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request(
+            "Invalid type for 'model': expected a non-empty string.",
+            param="model",
+            code="invalid_type",
+        )
+    return model
+
+
+def _walk_bound(value: Any, param: str) -> int:
+    """JSON size of `value` with each image counted as the image ceiling, not its bytes."""
+    if isinstance(value, str):
+        return len(value.encode()) + 2
+    if isinstance(value, list):
+        return 2 + sum(_walk_bound(v, param) + 1 for v in value)
+    if isinstance(value, dict):
+        kind = value.get("type")
+        if isinstance(kind, str):
+            if kind in _UNBOUNDED_PART_TYPES:
+                raise bad_request(
+                    f"BudgetLLM does not forward {_UNBOUNDED_PART_TYPES[kind]} ('{kind}' in "
+                    f"'{param}'): its token cost cannot be bounded before the call, so a cap "
+                    "could be exceeded. Send text and images only.",
+                    param=param,
+                    code="unsupported_content",
+                )
+            if kind in _IMAGE_PART_TYPES:
+                detail = value.get("detail")
+                if detail is None and isinstance(value.get("image_url"), dict):
+                    detail = value["image_url"].get("detail")
+                if detail not in (None, "auto", "low", "high"):
+                    raise bad_request(
+                        f"Image detail '{detail}' is not supported through BudgetLLM; use "
+                        "'low', 'high' or 'auto'.",
+                        param=param,
+                        code="unsupported_content",
+                    )
+                return int(settings.PROXY_IMAGE_TOKEN_CEILING)
+        return 2 + sum(len(str(k)) + 4 + _walk_bound(v, param) for k, v in value.items())
+    return 8  # numbers, booleans and null: a few bytes each
+
+
+def _input_bound(raw: bytes, body: dict[str, Any], fields: tuple[str, ...]) -> int:
+    if not any(marker in raw for marker in _MEDIA_MARKERS):
+        return len(raw)
+    # Media present: walk the prompt-bearing fields, counting each image at the ceiling.
+    return sum(_walk_bound(body[f], f) for f in fields if f in body) + 64
+
+
+def _check_tools(body: dict[str, Any]) -> None:
+    tools = body.get("tools")
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise bad_request(
+            "Invalid type for 'tools': expected an array.", param="tools", code="invalid_type"
+        )
+    for i, tool in enumerate(tools):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind not in _FUNCTION_TOOL_TYPES:
+            raise bad_request(
+                f"Tool type '{kind}' (tools[{i}]) is not supported through BudgetLLM: hosted "
+                "tools bill per call and per retrieved token, which cannot be bounded before "
+                "the call. Use function tools.",
+                param=f"tools[{i}]",
+                code="unsupported_tool",
+            )
+
+
+def _check_service_tier(body: dict[str, Any]) -> None:
+    # Priority processing bills at a higher rate than the price database's standard one.
+    if body.get("service_tier") in ("priority", "scale"):
+        raise bad_request(
+            "service_tier 'priority' is not supported through BudgetLLM: it bills above the "
+            "standard price the caps are enforced with. Use 'auto', 'default' or 'flex'.",
+            param="service_tier",
+            code="unsupported_parameter",
+        )
+
+
+_CHAT_PROMPT_FIELDS = (
+    "messages",
+    "tools",
+    "functions",
+    "tool_choice",
+    "response_format",
+)
+
+
+def parse_chat(raw: bytes) -> ParsedRequest:
+    body = parse_json_object(raw)
+    model = _model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request(
+            "Invalid 'messages': expected a non-empty array of message objects.",
+            param="messages",
+            code="invalid_type" if not isinstance(messages, list) else "empty_array",
+        )
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise bad_request(
+                f"Invalid 'messages[{i}]': expected an object with a string 'role'.",
+                param=f"messages[{i}]",
+                code="invalid_type",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise bad_request(
+                f"Invalid type for 'messages[{i}].content': expected a string or an array.",
+                param=f"messages[{i}].content",
+                code="invalid_type",
+            )
+    stream = _opt_bool(body, "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request(
+            "Invalid type for 'stream_options': expected an object.",
+            param="stream_options",
+            code="invalid_type",
+        )
+    client_wants_usage = bool(options and options.get("include_usage") is True)
+    n = _opt_int(body, "n", minimum=1) or 1
+    if n > 128:
+        raise bad_request("Invalid 'n': at most 128 choices.", param="n", code="invalid_value")
+    max_completion = _opt_int(body, "max_completion_tokens", minimum=1)
+    max_tokens = _opt_int(body, "max_tokens", minimum=1)
+    _check_tools(body)
+    _check_service_tier(body)
+    if body.get("audio") is not None or "audio" in (body.get("modalities") or []):
+        raise bad_request(
+            "Audio output is not supported through BudgetLLM: audio tokens are priced "
+            "separately and cannot be capped reliably.",
+            param="modalities",
+            code="unsupported_parameter",
+        )
+    if body.get("web_search_options") is not None:
+        raise bad_request(
+            "web_search_options is not supported through BudgetLLM: searches bill per call "
+            "and per retrieved token, which cannot be bounded before the call.",
+            param="web_search_options",
+            code="unsupported_parameter",
+        )
+    if body.get("prediction") is not None:
+        raise bad_request(
+            "Predicted outputs are not supported through BudgetLLM: rejected prediction tokens "
+            "are billed beyond max_completion_tokens, so a cap could be exceeded.",
+            param="prediction",
+            code="unsupported_parameter",
+        )
+    if max_completion is not None or max_tokens is None:
+        fields: tuple[str, ...] = ("max_completion_tokens",)
+        if max_tokens is not None:
+            fields = ("max_completion_tokens", "max_tokens")
+    else:
+        fields = ("max_tokens",)
+    requested = min(v for v in (max_completion, max_tokens, 1 << 62) if v is not None)
+    return ParsedRequest(
+        endpoint=CHAT,
+        body=body,
+        raw=raw,
+        model=model,
+        stream=stream,
+        client_wants_usage=client_wants_usage,
+        requested_output_tokens=None if requested == 1 << 62 else requested,
+        output_fields=fields,
+        choices=n,
+        input_tokens_bound=_input_bound(raw, body, _CHAT_PROMPT_FIELDS),
+    )
+
+
+_RESPONSES_PROMPT_FIELDS = ("input", "instructions", "tools", "tool_choice", "text")
+
+
+def parse_responses(raw: bytes) -> ParsedRequest:
+    body = parse_json_object(raw)
+    model = _model(body)
+    input_ = body.get("input")
+    if input_ is None or not isinstance(input_, str | list):
+        raise bad_request(
+            "Invalid 'input': expected a string or an array of input items.",
+            param="input",
+            code="invalid_type" if input_ is not None else "missing",
+        )
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise bad_request(
+            "Invalid type for 'instructions': expected a string.",
+            param="instructions",
+            code="invalid_type",
+        )
+    for name, why in (
+        ("previous_response_id", "the stored conversation it continues"),
+        ("conversation", "the stored conversation it continues"),
+        ("prompt", "the stored prompt template it expands"),
+    ):
+        if body.get(name) is not None:
+            raise bad_request(
+                f"'{name}' is not supported through BudgetLLM: the tokens of {why} are billed "
+                "as input but cannot be counted before the call, so a cap could be exceeded. "
+                "Send the full input instead.",
+                param=name,
+                code="unsupported_parameter",
+            )
+    if body.get("background") is True:
+        raise bad_request(
+            "Background responses are not supported through BudgetLLM: their cost is known "
+            "only after the request has returned.",
+            param="background",
+            code="unsupported_parameter",
+        )
+    stream = _opt_bool(body, "stream")
+    requested = _opt_int(body, "max_output_tokens", minimum=1)
+    _check_tools(body)
+    _check_service_tier(body)
+    return ParsedRequest(
+        endpoint=RESPONSES,
+        body=body,
+        raw=raw,
+        model=model,
+        stream=stream,
+        client_wants_usage=True,  # usage always arrives in response.completed
+        requested_output_tokens=requested,
+        output_fields=("max_output_tokens",),
+        choices=1,
+        input_tokens_bound=_input_bound(raw, body, _RESPONSES_PROMPT_FIELDS),
+    )
+
+
+def parse_embeddings(raw: bytes) -> ParsedRequest:
+    body = parse_json_object(raw)
+    model = _model(body)
+    input_ = body.get("input")
+    valid = isinstance(input_, str) or (
+        isinstance(input_, list)
+        and bool(input_)
+        and (
+            all(isinstance(v, str) for v in input_)
+            or all(isinstance(v, int) and not isinstance(v, bool) for v in input_)
+            or all(
+                isinstance(v, list)
+                and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+                for v in input_
+            )
+        )
+    )
+    if not valid:
+        raise bad_request(
+            "Invalid 'input': expected a string, an array of strings, an array of token "
+            "integers or an array of token arrays.",
+            param="input",
+            code="invalid_type",
+        )
+    if body.get("stream"):
+        raise bad_request(
+            "Embeddings cannot be streamed.", param="stream", code="unsupported_parameter"
+        )
+    # Token arrays: each integer takes at least one byte plus a comma in the raw body,
+    # so len(raw) bounds them as well as it bounds text.
+    return ParsedRequest(
+        endpoint=EMBEDDINGS,
+        body=body,
+        raw=raw,
+        model=model,
+        stream=False,
+        client_wants_usage=False,
+        requested_output_tokens=0,
+        output_fields=(),
+        choices=1,
+        input_tokens_bound=len(raw),
+    )
+
+
+PARSERS = {CHAT: parse_chat, RESPONSES: parse_responses, EMBEDDINGS: parse_embeddings}

@@ -1,0 +1,825 @@
+"""The /v1 endpoints: authenticate, bound, reserve, forward, relay, settle.
+
+These are raw ASGI handlers served by `proxy.app` beside Django (see asgi.py): Django's
+handler starts OS threads per request even for async views, which cost more CPU than
+everything else here together. Database work runs in one `sync_to_async` per step.
+
+Order of a generation request:
+  key -> body (size limit) -> parse and bound -> paused? -> cache (hit: answer, $0)
+  -> reserve worst case (ledger) -> clamp -> provider -> settle actual cost -> answer.
+A non-streaming answer is settled before it is sent, and a stream's terminal event
+(`[DONE]` / `response.completed`) is held back until the settle, so a client that sends
+its next request right after the answer always meets a settled ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from typing import Any
+
+import aiohttp
+
+from budgets.pricing import UnknownModel, cost_micros
+from budgets.services import (
+    Admission,
+    AdmitRequest,
+    BudgetExceeded,
+    Refused,
+    UsageData,
+    budget_admit,
+    budget_release,
+    budget_settle,
+    record_cache_hit,
+)
+from keys.services import ResolvedKey
+from keys.vault import VaultError, decrypt
+
+from . import metrics
+from .auth import key_authenticate
+from .cache import CacheEntry, Flight, cache_bypassed, cache_digest, cache_finish, cache_get_or_lead
+from .errors import ProxyError, bad_request, error_envelope
+from .sse import (
+    ChatStream,
+    ResponsesStream,
+    SseSplitter,
+    chat_assemble,
+    chat_replay,
+    responses_replay,
+)
+from .upstream import upstream_session, upstream_url
+from .usage import Tokens, tokens_from_usage
+from .validation import CHAT, EMBEDDINGS, PARSERS, RESPONSES, ParsedRequest
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_UNKNOWN = object()
+_JSON = b"application/json"
+_SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+# Request headers a client may send on to the provider with its own meaning.
+_FORWARDED_REQUEST_HEADERS = ("openai-organization", "openai-project", "openai-beta")
+
+
+class ClientGone(Exception):
+    """The client hung up before its request body arrived."""
+
+
+def usd(micros: int) -> bytes:
+    sign = "-" if micros < 0 else ""
+    m = abs(micros)
+    return f"{sign}{m // 1_000_000}.{m % 1_000_000:06d}".encode()
+
+
+# Background tasks must be referenced until done, or the loop may drop them mid-way.
+_background: set[asyncio.Task[Any]] = set()
+
+
+async def shielded[T](coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion even if the request task is cancelled (a client hang-up)."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return await asyncio.shield(task)
+
+
+class Exchange:
+    """One request and its response, with the budget headers every answer carries."""
+
+    __slots__ = (
+        "scope",
+        "receive",
+        "send",
+        "headers",
+        "request_id",
+        "started",
+        "upstream_seconds",
+        "cache_status",
+        "cost",
+        "saved",
+        "remaining",
+        "max_tokens",
+        "refused_scope",
+        "status",
+        "response_started",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        self.request_id = uuid.uuid4()
+        self.started = time.perf_counter()
+        self.upstream_seconds: float | None = None
+        self.cache_status = "BYPASS"
+        self.cost = 0
+        self.saved = 0
+        self.remaining: Any = _UNKNOWN
+        self.max_tokens: int | None = None
+        self.refused_scope: str | None = None
+        self.status = 0
+        self.response_started = False
+
+    def latency_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+    def budget_headers(self) -> list[tuple[bytes, bytes]]:
+        out = [
+            (b"x-request-id", str(self.request_id).encode()),
+            (b"x-budgetllm-cost-usd", usd(self.cost)),
+            (b"x-budgetllm-cache", self.cache_status.encode()),
+            (b"x-budgetllm-saved-usd", usd(self.saved)),
+        ]
+        if self.remaining is None:
+            out.append((b"x-budgetllm-remaining-usd", b"unlimited"))
+        elif self.remaining is not _UNKNOWN:
+            out.append((b"x-budgetllm-remaining-usd", usd(self.remaining)))
+        if self.max_tokens is not None:
+            out.append((b"x-budgetllm-max-tokens", str(self.max_tokens).encode()))
+        return out
+
+    async def start(
+        self, status: int, content_type: bytes, extra: Iterable[tuple[bytes, bytes]] = ()
+    ) -> None:
+        self.status = status
+        self.response_started = True
+        headers = [(b"content-type", content_type), *self.budget_headers(), *extra]
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def respond(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: bytes = _JSON,
+        extra: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        extra = [(b"content-length", str(len(body)).encode()), *extra]
+        await self.start(status, content_type, extra)
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def respond_error(self, err: ProxyError) -> None:
+        extra = [] if err.retryable else [(b"x-should-retry", b"false")]
+        await self.respond(err.status, err.body(), extra=extra)
+
+    async def read_body(self, limit: int) -> bytes:
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+    def observe(self) -> None:
+        total = time.perf_counter() - self.started
+        up = self.upstream_seconds
+        metrics.observe_request(
+            status=self.status,
+            cache=self.cache_status,
+            cost_micros=self.cost,
+            saved_micros=self.saved,
+            upstream_seconds=up,
+            overhead_seconds=max(0.0, total - (up or 0.0)),
+            refused_scope=self.refused_scope,
+        )
+
+
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(
+        413,
+        f"Request body too large: BudgetLLM accepts at most {limit} bytes per request "
+        "(PROXY_MAX_BODY_BYTES). Send images by URL rather than inline to stay under it.",
+        code="request_too_large",
+        retryable=False,
+    )
+
+
+# --- request checks --------------------------------------------------------------------
+
+
+def run_headers(headers: dict[str, str]) -> tuple[str, int | None]:
+    run_id = headers.get("x-budgetllm-run-id", "").strip()
+    if len(run_id) > 128 or not run_id.isprintable():
+        raise bad_request(
+            "X-BudgetLLM-Run-Id must be at most 128 printable characters.",
+            code="invalid_run_id",
+        )
+    raw_budget = headers.get("x-budgetllm-run-budget-usd")
+    if raw_budget is None:
+        return run_id, None
+    if not run_id:
+        raise bad_request(
+            "X-BudgetLLM-Run-Budget-USD applies to a run: send X-BudgetLLM-Run-Id with it.",
+            code="invalid_run_budget",
+        )
+    try:
+        amount = Decimal(raw_budget.strip())
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount < 0:
+        raise bad_request(
+            f"X-BudgetLLM-Run-Budget-USD must be a non-negative amount in dollars such as "
+            f"'0.25', not {raw_budget!r}.",
+            code="invalid_run_budget",
+        )
+    # Rounded down: a run budget may only lower the run's cap.
+    return run_id, int((amount * 1_000_000).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def ensure_not_paused(key: ResolvedKey) -> None:
+    if key.account_paused:
+        raise ProxyError(
+            403,
+            "This account is paused (kill-switch): every request is refused until it is "
+            "resumed on the dashboard.",
+            type_="account_paused",
+            code="account_paused",
+            retryable=False,
+        )
+    if key.key_paused:
+        raise ProxyError(
+            403,
+            f"The BudgetLLM key '{key.api_key_name}' is paused: requests with it are refused "
+            "until it is resumed on the keys page.",
+            type_="key_paused",
+            code="key_paused",
+            retryable=False,
+        )
+
+
+def refusal_error(exc: Refused) -> ProxyError:
+    status = int(exc.http_status)
+    return ProxyError(
+        status,
+        str(exc),
+        envelope=exc.to_openai_error(),
+        # Over a cap or paused: retrying cannot help, so tell the SDK not to.
+        retryable=status >= 500,
+    )
+
+
+def _may_reason(model: str) -> bool:
+    """Models that bill hidden reasoning tokens, which a stream never shows."""
+    name = model.rsplit("/", 1)[-1]
+    return (name[:2] in ("o1", "o3", "o4") or name.startswith(("gpt-5", "codex"))) and (
+        "chat" not in name
+    )
+
+
+# --- accounting ------------------------------------------------------------------------
+
+
+def _usage(
+    ex: Exchange, parsed: ParsedRequest, run_id: str, tokens: Tokens, cost: int, status: int
+) -> UsageData:
+    return UsageData(
+        request_id=ex.request_id,
+        endpoint=parsed.endpoint,
+        model=parsed.model,
+        run_id=run_id,
+        input_tokens=tokens.input,
+        cached_tokens=tokens.cached,
+        output_tokens=tokens.output,
+        cost_micros=cost,
+        saved_micros=0,
+        cache_status=ex.cache_status,
+        http_status=status,
+        latency_ms=ex.latency_ms(),
+    )
+
+
+async def _settle(admission: Admission, usage: UsageData) -> None:
+    try:
+        await shielded(budget_settle(admission=admission, usage=usage))
+    except Exception:
+        # The reservation stays and expires; the sweep then charges it in full, so a
+        # failed settle can only over-count.
+        logger.exception("settle failed for request %s", usage.request_id)
+
+
+async def _release(admission: Admission, usage: UsageData | None) -> None:
+    try:
+        await shielded(budget_release(admission=admission, usage=usage))
+    except Exception:
+        logger.exception("release failed for reservation %s", admission.reservation_id)
+
+
+def _remaining_after(admission: Admission, cost: int) -> int | None:
+    if admission.remaining_micros is None:
+        return None
+    return max(0, admission.remaining_micros + admission.reserved_micros - cost)
+
+
+def _cost(admission: Admission, tokens: Tokens) -> int:
+    return cost_micros(
+        price=admission.price,
+        input_tokens=tokens.input,
+        cached_tokens=tokens.cached,
+        output_tokens=tokens.output,
+    )
+
+
+def _upper_bound(parsed: ParsedRequest, admission: Admission) -> Tokens:
+    return Tokens(parsed.input_tokens_bound, 0, admission.output_tokens_allowed * parsed.choices)
+
+
+# --- upstream plumbing -----------------------------------------------------------------
+
+
+def _passthrough_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    out = []
+    for name, value in headers.items():
+        low = name.lower()
+        if low.startswith(("openai-", "x-ratelimit-")):
+            out.append((low.encode(), value.encode("latin-1")))
+        elif low == "x-request-id":
+            out.append((b"x-upstream-request-id", value.encode("latin-1")))
+    return out
+
+
+def _upstream_headers(ex: Exchange, secret: str, *, stream: bool) -> dict[str, str]:
+    headers = {
+        "Authorization": f"Bearer {secret}",
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream" if stream else "application/json",
+        "X-Request-Id": str(ex.request_id),
+    }
+    for name in _FORWARDED_REQUEST_HEADERS:
+        value = ex.headers.get(name)
+        if value:
+            headers[name] = value
+    return headers
+
+
+def _as_envelope(payload: bytes, status: int) -> bytes:
+    """The provider's error body if it is OpenAI-shaped, else one wrapped in that shape."""
+    try:
+        body = json.loads(payload)
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            return payload
+    except ValueError:
+        pass
+    text = payload[:300].decode("utf-8", "replace").strip() or "no body"
+    return json.dumps(
+        error_envelope(
+            f"The provider answered HTTP {status}: {text}",
+            type_="upstream_error",
+            code=f"upstream_{status}",
+        )
+    ).encode()
+
+
+def _upstream_failure(exc: BaseException) -> ProxyError:
+    if isinstance(exc, TimeoutError):
+        return ProxyError(
+            504,
+            "The provider did not answer in time (PROXY_UPSTREAM_READ_TIMEOUT_SECONDS). "
+            "Nothing was charged.",
+            type_="upstream_error",
+            code="upstream_timeout",
+        )
+    return ProxyError(
+        502,
+        f"Could not reach the provider ({type(exc).__name__}). Nothing was charged.",
+        type_="upstream_error",
+        code="upstream_unreachable",
+    )
+
+
+def _upstream_body(parsed: ParsedRequest, admission: Admission) -> bytes:
+    body = parsed.body
+    changed = False
+    if admission.clamped:
+        for field in parsed.output_fields:
+            body[field] = admission.output_tokens_allowed
+        changed = True
+    if parsed.endpoint == CHAT and parsed.stream and not parsed.client_wants_usage:
+        # We settle from the usage chunk; it is stripped again before the client sees it.
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        changed = True
+    if not changed:
+        return parsed.raw  # untouched bytes: nothing to re-serialise
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _tokens_from_body(endpoint: str, payload: bytes) -> tuple[Tokens | None, Any]:
+    """Usage from a full answer, and the parsed answer (None for embeddings)."""
+    if endpoint == EMBEDDINGS:
+        # Embeddings answers are mostly floats: read only the trailing usage object
+        # instead of parsing megabytes of vectors. No field after it is user-controlled.
+        at = payload.rfind(b'"usage"')
+        if at < 0:
+            return None, None
+        start = payload.find(b"{", at)
+        try:
+            usage, _ = json.JSONDecoder().raw_decode(payload.decode(), start)
+        except ValueError:
+            return None, None
+        return tokens_from_usage(usage), None
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    return tokens_from_usage(body.get("usage")), body
+
+
+# --- the handlers ----------------------------------------------------------------------
+
+
+async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -> None:
+    key = await key_authenticate(ex.headers)
+    raw = await ex.read_body(max_body)
+    parsed = PARSERS[endpoint](raw)
+    run_id, run_budget = run_headers(ex.headers)
+    ensure_not_paused(key)
+    flight: Flight | None = None
+    if key.cache_ttl_seconds > 0 and not cache_bypassed(ex.headers):
+        digest = cache_digest(endpoint=endpoint, body=parsed.body)
+        got = await cache_get_or_lead(account_id=key.account_id, digest=digest)
+        if isinstance(got, CacheEntry):
+            await serve_hit(ex, key, parsed, got, run_id)
+            return
+        flight = got
+        ex.cache_status = "MISS"
+    entry: CacheEntry | None = None
+    try:
+        entry = await forward(ex, key, parsed, path, run_id, run_budget, cache=flight is not None)
+    finally:
+        if flight is not None:
+            try:
+                await shielded(cache_finish(flight, entry, ttl=key.cache_ttl_seconds))
+            except Exception:
+                logger.exception("cache write failed")
+
+
+async def serve_hit(
+    ex: Exchange, key: ResolvedKey, parsed: ParsedRequest, entry: CacheEntry, run_id: str
+) -> None:
+    """A cached answer: $0, never blocked by caps, saved = what the original cost."""
+    ex.cache_status = "HIT"
+    ex.saved = entry.cost_micros
+    if parsed.stream:
+        full = json.loads(entry.body)
+        events = (
+            chat_replay(full, include_usage=parsed.client_wants_usage)
+            if parsed.endpoint == CHAT
+            else responses_replay(full)
+        )
+        await ex.start(200, b"text/event-stream; charset=utf-8", _SSE_HEADERS)
+        await ex.send({"type": "http.response.body", "body": b"".join(events)})
+    else:
+        await ex.respond(200, entry.body)
+    usage = UsageData(
+        request_id=ex.request_id,
+        endpoint=parsed.endpoint,
+        model=parsed.model,
+        run_id=run_id,
+        input_tokens=entry.input_tokens,
+        cached_tokens=entry.cached_tokens,
+        output_tokens=entry.output_tokens,
+        cost_micros=0,
+        saved_micros=entry.cost_micros,
+        cache_status="HIT",
+        http_status=200,
+        latency_ms=ex.latency_ms(),
+    )
+    # Recorded after the answer is sent: a hit's latency is what the cache is for.
+    try:
+        await shielded(_record_hit(key, usage))
+    except Exception:
+        logger.exception("recording a cache hit failed")
+
+
+async def _record_hit(key: ResolvedKey, usage: UsageData) -> None:
+    result = record_cache_hit(key=key, usage=usage)
+    if asyncio.iscoroutine(result):
+        await result
+
+
+async def forward(
+    ex: Exchange,
+    key: ResolvedKey,
+    parsed: ParsedRequest,
+    path: str,
+    run_id: str,
+    run_budget: int | None,
+    *,
+    cache: bool,
+) -> CacheEntry | None:
+    if not key.provider_key_ciphertext:
+        raise ProxyError(
+            400,
+            f"The BudgetLLM key '{key.api_key_name}' has no provider key to call with (it was "
+            "deleted or disabled). Connect an OpenAI key on the keys page.",
+            code="provider_key_missing",
+            retryable=False,
+        )
+    try:
+        admission = await budget_admit(
+            AdmitRequest(
+                key=key,
+                endpoint=parsed.endpoint,
+                model=parsed.model,
+                input_tokens_bound=parsed.input_tokens_bound,
+                requested_output_tokens=parsed.requested_output_tokens,
+                choices=parsed.choices,
+                run_id=run_id,
+                run_budget_micros=run_budget,
+                min_output_tokens=0 if parsed.endpoint == EMBEDDINGS else 16,
+            )
+        )
+    except UnknownModel as exc:
+        raise ProxyError(400, str(exc), code="model_not_priced", param="model") from None
+    except BudgetExceeded as exc:
+        ex.refused_scope = str(exc.scope)
+        ex.remaining = max(0, exc.limit_micros - exc.spent_micros - exc.reserved_micros)
+        raise refusal_error(exc) from None
+    except Refused as exc:
+        raise refusal_error(exc) from None
+    ex.remaining = admission.remaining_micros
+    ex.max_tokens = admission.output_tokens_allowed if admission.clamped else None
+    try:
+        secret = decrypt(key.provider_key_ciphertext)
+    except VaultError:
+        await _release(admission, None)
+        raise ProxyError(
+            500,
+            "The stored provider key could not be decrypted (the vault keys changed?). "
+            "Re-enter the provider key on the keys page.",
+            type_="server_error",
+            code="provider_key_undecryptable",
+        ) from None
+    body = _upstream_body(parsed, admission)
+    headers = _upstream_headers(ex, secret, stream=parsed.stream)
+    del secret
+    if parsed.stream:
+        return await relay_stream(ex, parsed, admission, path, body, headers, run_id, cache)
+    return await relay_plain(ex, parsed, admission, path, body, headers, run_id, cache)
+
+
+async def relay_plain(
+    ex: Exchange,
+    parsed: ParsedRequest,
+    admission: Admission,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    run_id: str,
+    cache: bool,
+) -> CacheEntry | None:
+    t0 = time.perf_counter()
+    try:
+        async with upstream_session().post(upstream_url(path), data=body, headers=headers) as resp:
+            payload = await resp.read()
+            status = resp.status
+            passthrough = _passthrough_headers(resp.headers)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        ex.upstream_seconds = time.perf_counter() - t0
+        err = _upstream_failure(exc)
+        await _release(admission, _usage(ex, parsed, run_id, Tokens(0, 0, 0), 0, err.status))
+        ex.remaining = _remaining_after(admission, 0)
+        raise err from None
+    ex.upstream_seconds = time.perf_counter() - t0
+    if status != 200:
+        # The provider refused (bad parameter, its own rate limit...): nothing is charged.
+        await _release(admission, _usage(ex, parsed, run_id, Tokens(0, 0, 0), 0, status))
+        ex.remaining = _remaining_after(admission, 0)
+        await ex.respond(status, _as_envelope(payload, status), extra=passthrough)
+        return None
+    tokens, answer = _tokens_from_body(parsed.endpoint, payload)
+    if tokens is None:
+        # No usage in the answer: charge the reserved upper bound rather than guess low.
+        tokens = _upper_bound(parsed, admission)
+    cost = _cost(admission, tokens)
+    await _settle(admission, _usage(ex, parsed, run_id, tokens, cost, 200))
+    ex.cost = cost
+    ex.remaining = _remaining_after(admission, cost)
+    await ex.respond(200, payload, extra=passthrough)
+    if not cache or admission.clamped:
+        return None
+    if parsed.endpoint == RESPONSES and (answer or {}).get("status") != "completed":
+        return None
+    return CacheEntry(payload, cost, tokens.input, tokens.cached, tokens.output)
+
+
+def _stream_error_event(parsed: ParsedRequest, message: str, code: str) -> bytes:
+    error = {"message": message, "type": "upstream_error", "param": None, "code": code}
+    if parsed.endpoint == RESPONSES:
+        payload = {"type": "error", "code": code, "message": message, "param": None}
+        payload["error"] = error
+        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+
+
+async def relay_stream(
+    ex: Exchange,
+    parsed: ParsedRequest,
+    admission: Admission,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    run_id: str,
+    cache: bool,
+) -> CacheEntry | None:
+    t0 = time.perf_counter()
+    try:
+        resp = await upstream_session().post(upstream_url(path), data=body, headers=headers)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        ex.upstream_seconds = time.perf_counter() - t0
+        err = _upstream_failure(exc)
+        await _release(admission, _usage(ex, parsed, run_id, Tokens(0, 0, 0), 0, err.status))
+        ex.remaining = _remaining_after(admission, 0)
+        raise err from None
+    if resp.status != 200:
+        try:
+            payload = await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            payload = b""
+        finally:
+            resp.release()
+        ex.upstream_seconds = time.perf_counter() - t0
+        await _release(admission, _usage(ex, parsed, run_id, Tokens(0, 0, 0), 0, resp.status))
+        ex.remaining = _remaining_after(admission, 0)
+        await ex.respond(
+            resp.status,
+            _as_envelope(payload, resp.status),
+            extra=_passthrough_headers(resp.headers),
+        )
+        return None
+
+    state: ChatStream | ResponsesStream = (
+        ChatStream(strip_usage=not parsed.client_wants_usage)
+        if parsed.endpoint == CHAT
+        else ResponsesStream()
+    )
+    # The stream's headers leave before its cost is known: they carry the reserved upper
+    # bound; the settled cost follows in an SSE comment before the final event.
+    ex.cost = admission.reserved_micros
+    await ex.start(
+        200,
+        resp.headers.get("Content-Type", "text/event-stream").encode("latin-1"),
+        [*_SSE_HEADERS, *_passthrough_headers(resp.headers)],
+    )
+
+    finished = False
+    gone = False
+
+    def on_receive(task: asyncio.Future[dict[str, Any]]) -> None:
+        nonlocal gone
+        if finished or task.cancelled() or task.exception() is not None:
+            return
+        if task.result().get("type") == "http.disconnect":
+            # Closing the upstream response stops the provider's generation and wakes
+            # the relay loop at once, even between two slow events.
+            gone = True
+            resp.close()
+
+    watch = asyncio.ensure_future(ex.receive())
+    watch.add_done_callback(on_receive)
+    splitter = SseSplitter()
+    held: list[bytes] = []
+    broken: str | None = None
+    settled = False
+    try:
+        try:
+            async for chunk in resp.content.iter_any():
+                events = splitter.feed(chunk)
+                if not events:
+                    continue
+                out = []
+                for event in events:
+                    forward_event = state.process(event)
+                    if forward_event is None:
+                        continue
+                    if state.done:
+                        held.append(forward_event)  # the terminal event waits for the settle
+                    else:
+                        out.append(forward_event)
+                if out:
+                    await ex.send(
+                        {"type": "http.response.body", "body": b"".join(out), "more_body": True}
+                    )
+                if gone:
+                    break
+        except TimeoutError:
+            broken = "The provider stopped sending in the middle of the stream (timeout)."
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            if not gone:
+                broken = f"The provider's stream broke off ({type(exc).__name__})."
+        ex.upstream_seconds = time.perf_counter() - t0
+        if not gone and broken is None and not state.done:
+            broken = "The provider's stream ended before its final event."
+
+        tokens = tokens_from_usage(state.usage)
+        if tokens is None:
+            # Hung up, broken, or no usage sent: charge the input bound plus an upward
+            # estimate of what was streamed (never $0, never more than was reserved).
+            allowed = admission.output_tokens_allowed * parsed.choices
+            estimate = state.output_estimate()
+            if estimate is None or _may_reason(parsed.model):
+                estimate = allowed  # hidden reasoning tokens cannot be counted: charge all
+            tokens = Tokens(parsed.input_tokens_bound, 0, min(estimate, allowed))
+        cost = _cost(admission, tokens)
+        status = 499 if gone else (502 if broken else 200)
+        settled = True
+        await _settle(admission, _usage(ex, parsed, run_id, tokens, cost, status))
+        ex.cost = cost
+        ex.remaining = _remaining_after(admission, cost)
+        tail = [f": budgetllm cost_usd={usd(cost).decode()}\n\n".encode()]
+        if broken:
+            tail.append(_stream_error_event(parsed, broken, "upstream_stream_broken"))
+        tail.extend(held)
+        finished = True
+        await ex.send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
+    finally:
+        finished = True
+        if not watch.done():
+            watch.cancel()
+        resp.close()
+        if not settled:
+            # An unexpected error in the relay: charge the whole reservation.
+            await _settle(
+                admission,
+                _usage(ex, parsed, run_id, _upper_bound(parsed, admission), admission.reserved_micros, 500),
+            )
+    if gone:
+        ex.status = 499
+    if not cache or admission.clamped or gone or broken:
+        return None
+    if isinstance(state, ResponsesStream):
+        if not state.completed or state.response is None:
+            return None
+        full = state.response
+    else:
+        if state.overflow:
+            return None
+        chunks = state.chunks()
+        if not chunks:
+            return None
+        full = chat_assemble(chunks, state.usage)
+    return CacheEntry(
+        json.dumps(full, separators=(",", ":")).encode(),
+        cost,
+        tokens.input,
+        tokens.cached,
+        tokens.output,
+    )
+
+
+async def models(ex: Exchange, path: str) -> None:
+    key = await key_authenticate(ex.headers)
+    ensure_not_paused(key)
+    if not key.provider_key_ciphertext:
+        raise ProxyError(
+            400,
+            f"The BudgetLLM key '{key.api_key_name}' has no provider key to call with.",
+            code="provider_key_missing",
+            retryable=False,
+        )
+    try:
+        secret = decrypt(key.provider_key_ciphertext)
+    except VaultError:
+        raise ProxyError(
+            500,
+            "The stored provider key could not be decrypted.",
+            type_="server_error",
+            code="provider_key_undecryptable",
+        ) from None
+    headers = _upstream_headers(ex, secret, stream=False)
+    del headers["Content-Type"]
+    t0 = time.perf_counter()
+    try:
+        async with upstream_session().get(upstream_url(path), headers=headers) as resp:
+            payload = await resp.read()
+            status = resp.status
+            passthrough = _passthrough_headers(resp.headers)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _upstream_failure(exc) from None
+    finally:
+        ex.upstream_seconds = time.perf_counter() - t0
+    if status != 200:
+        payload = _as_envelope(payload, status)
+    await ex.respond(status, payload, extra=passthrough)
+
