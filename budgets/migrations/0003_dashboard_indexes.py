@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0001_initial'),
-        ('budgets', '0001_initial'),
+        ('budgets', '0002_ledger_counters_and_reservations'),
         ('keys', '0001_initial'),
     ]
 
