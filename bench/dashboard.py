@@ -140,14 +140,18 @@ def main() -> int:
     client.force_login(user, backend="allauth.account.auth_backends.AuthenticationBackend")
 
     results: list[tuple[str, float, float]] = []
-    pages = [("dashboard page", "/dashboard/", False)] + [
-        (f"chart partial {d} days", f"/dashboard/chart/?days={d}", True) for d in (7, 30, 90)
-    ] + [("recent requests partial", "/dashboard/requests/?page=2", True)]
+    pages = (
+        [("dashboard page", "/dashboard/", False)]
+        + [(f"chart partial {d} days", f"/dashboard/chart/?days={d}", True) for d in (7, 30, 90)]
+        + [("recent requests partial", "/dashboard/requests/?page=2", True)]
+    )
     for label, url, htmx in pages:
         samples = measure(client, url, args.samples, htmx)
         results.append((label, statistics.median(samples), p95(samples)))
 
-    rollup_account, day = ensure_rollup_day(args.email.replace("@", "+rollup@"), args.rollup_records)
+    rollup_account, day = ensure_rollup_day(
+        args.email.replace("@", "+rollup@"), args.rollup_records
+    )
     t0 = time.perf_counter()
     result = rollup_day(account=rollup_account, day=day)
     rollup_s = time.perf_counter() - t0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -25,6 +26,9 @@ from .caps import CapInvalid, CapSpec, cap_delete, cap_upsert, suggested_monthly
 from .controls import account_set_paused
 from .forms import ApiKeyForm, CapForm, MonthlyCapForm, ProviderKeyForm, usd_to_micros
 from .models import MICROS_PER_USD, Cap
+from .services import cap_status
+
+log = logging.getLogger(__name__)
 
 
 def _account(request: AuthedRequest) -> Account:
@@ -75,8 +79,15 @@ def _banners(
                     "since": key.paused_at,
                 }
             )
+    # The ledger knows what our recorded spend cannot: a cap that refused a request
+    # (reserved worst case did not fit) counts as reached until its window rolls over.
+    try:
+        capped_ids = {s.cap_id for s in cap_status(account=account) if s.capped}
+    except Exception:  # a ledger outage must not take the dashboard down with it
+        log.exception("cap_status failed; showing caps reached by recorded spend only")
+        capped_ids = set()
     for p in caps:
-        if p.resets_at is not None and p.reached:
+        if p.resets_at is not None and (p.reached or p.cap.pk in capped_ids):
             out.append({"kind": "capped", "title": f"{p.label} reached", "progress": p})
     return out
 

@@ -4,20 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('budgets', '0002_ledger_counters_and_reservations'),
-        ('keys', '0001_initial'),
+        ("accounts", "0001_initial"),
+        ("budgets", "0002_ledger_counters_and_reservations"),
+        ("keys", "0001_initial"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='usagerecord',
-            index=models.Index(fields=['created_at'], name='usage_created'),
+            model_name="usagerecord",
+            index=models.Index(fields=["created_at"], name="usage_created"),
         ),
         migrations.AddIndex(
-            model_name='usagerecord',
-            index=models.Index(condition=models.Q(('run_id', ''), _negated=True), fields=['account', 'created_at'], include=('run_id', 'cost_micros', 'saved_micros'), name='usage_account_run_window'),
+            model_name="usagerecord",
+            index=models.Index(
+                condition=models.Q(("run_id", ""), _negated=True),
+                fields=["account", "created_at"],
+                include=("run_id", "cost_micros", "saved_micros"),
+                name="usage_account_run_window",
+            ),
         ),
     ]

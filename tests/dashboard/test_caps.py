@@ -43,12 +43,16 @@ def test_valid_cap_is_saved_and_the_list_rerendered(owner) -> None:  # type: ign
 
 def test_saving_the_same_target_and_period_changes_the_limit(owner) -> None:  # type: ignore[no-untyped-def]
     for amount in ("10", "20"):
-        owner.client.post(reverse("caps"), {"scope": "account", "period": "day", "limit_usd": amount})
+        owner.client.post(
+            reverse("caps"), {"scope": "account", "period": "day", "limit_usd": amount}
+        )
     assert list(Cap.objects.values_list("limit_micros", flat=True)) == [20 * MICROS_PER_USD]
 
 
 def test_without_htmx_a_valid_cap_redirects(owner) -> None:  # type: ignore[no-untyped-def]
-    response = owner.client.post(reverse("caps"), {"scope": "account", "period": "day", "limit_usd": "5"})
+    response = owner.client.post(
+        reverse("caps"), {"scope": "account", "period": "day", "limit_usd": "5"}
+    )
     assert response.status_code == 302
 
 
@@ -60,20 +64,38 @@ def test_cap_default_thresholds(owner) -> None:  # type: ignore[no-untyped-def]
 def test_key_cap_needs_a_key_of_this_account(owner, outsider) -> None:  # type: ignore[no-untyped-def]
     theirs = make_key(outsider.account, "theirs")
     with pytest.raises(CapInvalid):
-        cap_upsert(account=owner.account, actor=None, spec=CapSpec(scope="key", period="day", limit_micros=5))
+        cap_upsert(
+            account=owner.account,
+            actor=None,
+            spec=CapSpec(scope="key", period="day", limit_micros=5),
+        )
     with pytest.raises(CapInvalid):
-        cap_upsert(account=owner.account, actor=None, spec=CapSpec(scope="key", period="day", limit_micros=5, api_key=theirs))
+        cap_upsert(
+            account=owner.account,
+            actor=None,
+            spec=CapSpec(scope="key", period="day", limit_micros=5, api_key=theirs),
+        )
     response = owner.client.post(
-        reverse("caps"), {"scope": "key", "period": "day", "limit_usd": "5", "api_key": str(theirs.public_id)}, headers=HX
+        reverse("caps"),
+        {"scope": "key", "period": "day", "limit_usd": "5", "api_key": str(theirs.public_id)},
+        headers=HX,
     )
     assert response.status_code == 200 and not Cap.objects.exists()
 
 
 def test_per_model_and_per_run_caps(owner) -> None:  # type: ignore[no-untyped-def]
     key = make_key(owner.account)
-    owner.client.post(reverse("caps"), {"scope": "model", "period": "month", "limit_usd": "3", "model": "gpt-4o"})
-    owner.client.post(reverse("caps"), {"scope": "run", "period": "run", "limit_usd": "0.5", "api_key": str(key.public_id)})
-    owner.client.post(reverse("caps"), {"scope": "run", "period": "day", "limit_usd": "0.5", "api_key": str(key.public_id)})
+    owner.client.post(
+        reverse("caps"), {"scope": "model", "period": "month", "limit_usd": "3", "model": "gpt-4o"}
+    )
+    owner.client.post(
+        reverse("caps"),
+        {"scope": "run", "period": "run", "limit_usd": "0.5", "api_key": str(key.public_id)},
+    )
+    owner.client.post(
+        reverse("caps"),
+        {"scope": "run", "period": "day", "limit_usd": "0.5", "api_key": str(key.public_id)},
+    )
     assert sorted(Cap.objects.values_list("scope", "period", "model", "limit_micros")) == [
         ("model", "month", "gpt-4o", 3_000_000),
         ("run", "run", "", 500_000),

@@ -9,16 +9,22 @@ from tests.dashboard.conftest import record
 HX = {"HX-Request": "true"}
 
 
-def test_onboarding_walks_provider_key_api_key_cap_and_snippets(owner, fake_openai, settings) -> None:  # type: ignore[no-untyped-def]
+def test_onboarding_walks_provider_key_api_key_cap_and_snippets(
+    owner, fake_openai, settings
+) -> None:  # type: ignore[no-untyped-def]
     settings.SITE_URL = "https://budget.example"
     page = owner.client.get(reverse("onboarding"))
     assert page.status_code == 200 and b"Connect your OpenAI key" in page.content
 
-    bad = owner.client.post(reverse("onboarding"), {"step": "provider", "raw_key": "sk-invalid-123456"})
+    bad = owner.client.post(
+        reverse("onboarding"), {"step": "provider", "raw_key": "sk-invalid-123456"}
+    )
     assert bad.status_code == 200 and b'data-testid="provider-error"' in bad.content
     assert not ProviderKey.objects.exists()
 
-    ok = owner.client.post(reverse("onboarding"), {"step": "provider", "raw_key": "sk-test-1234567890abcd"})
+    ok = owner.client.post(
+        reverse("onboarding"), {"step": "provider", "raw_key": "sk-test-1234567890abcd"}
+    )
     assert ok.status_code == 302
 
     created = owner.client.post(reverse("onboarding"), {"step": "key", "name": "my-app"})
@@ -36,11 +42,16 @@ def test_onboarding_walks_provider_key_api_key_cap_and_snippets(owner, fake_open
     # Shown once: a reload no longer contains it.
     assert raw not in owner.client.get(reverse("onboarding")).content.decode()
 
-    invalid = owner.client.post(reverse("onboarding"), {"step": "cap", "limit_usd": "500"}, headers=HX)
+    invalid = owner.client.post(
+        reverse("onboarding"), {"step": "cap", "limit_usd": "500"}, headers=HX
+    )
     assert invalid.status_code == 200 and b'data-testid="cap-error"' in invalid.content
     valid = owner.client.post(reverse("onboarding"), {"step": "cap", "limit_usd": "20"}, headers=HX)
     assert valid.status_code == 200 and b'data-testid="cap-step-saved"' in valid.content
-    assert Cap.objects.get(account=owner.account, scope="account", period="month").limit_micros == 20 * MICROS_PER_USD
+    assert (
+        Cap.objects.get(account=owner.account, scope="account", period="month").limit_micros
+        == 20 * MICROS_PER_USD
+    )
 
 
 def test_first_request_indicator_turns_green_when_usage_arrives(owner, key) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,13 @@ KOLKATA = dt.timezone(dt.timedelta(hours=5, minutes=30))
 def _rows(account):  # type: ignore[no-untyped-def]
     return sorted(
         DailyUsage.objects.filter(account=account).values_list(
-            "day", "api_key_id_or_zero", "model", "cost_micros", "saved_micros", "requests", "cache_hits"
+            "day",
+            "api_key_id_or_zero",
+            "model",
+            "cost_micros",
+            "saved_micros",
+            "requests",
+            "cache_hits",
         )
     )
 
@@ -30,7 +36,9 @@ def test_rollup_groups_by_local_day_key_and_model(owner, key) -> None:  # type: 
     record(owner.account, key, dt.datetime(2026, 11, 1, 23, 0, tzinfo=dt.UTC), cost=500)
     record(owner.account, key, dt.datetime(2026, 11, 2, 5, 0, tzinfo=dt.UTC), cost=700)
     record(owner.account, key, dt.datetime(2026, 11, 2, 6, 0, tzinfo=dt.UTC), saved=300, hit=True)
-    record(owner.account, other, dt.datetime(2026, 11, 2, 6, 0, tzinfo=dt.UTC), model="gpt-4o", cost=9)
+    record(
+        owner.account, other, dt.datetime(2026, 11, 2, 6, 0, tzinfo=dt.UTC), model="gpt-4o", cost=9
+    )
     record(owner.account, key, dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC), cost=1)  # the 1st
 
     result = rollup_day(account=owner.account, day=dt.date(2026, 11, 2))
@@ -103,7 +111,9 @@ def test_rollup_recent_refreshes_today_in_the_account_zone(owner, key) -> None: 
 def test_rollup_yesterday_closes_the_day_after_local_midnight_only(owner, key) -> None:  # type: ignore[no-untyped-def]
     owner.account.timezone = "Asia/Kolkata"
     owner.account.save()
-    record(owner.account, key, dt.datetime(2026, 11, 2, 18, 0, tzinfo=dt.UTC), cost=42)  # 23:30 local
+    record(
+        owner.account, key, dt.datetime(2026, 11, 2, 18, 0, tzinfo=dt.UTC), cost=42
+    )  # 23:30 local
     with time_machine.travel(dt.datetime(2026, 11, 2, 18, 5, tzinfo=dt.UTC), tick=False):
         assert rollup_yesterday() == []  # 23:35 local: not yet
     with time_machine.travel(dt.datetime(2026, 11, 2, 19, 5, tzinfo=dt.UTC), tick=False):

@@ -31,7 +31,9 @@ def test_dashboard_shows_today_month_saved_and_hit_rate(owner, key) -> None:  # 
     earlier = NOW - dt.timedelta(days=3)
     record(owner.account, key, earlier, cost=2_000_000)
     rollup_day(account=owner.account, day=earlier.date())
-    Cap.objects.create(account=owner.account, scope="account", period="month", limit_micros=4 * MICROS_PER_USD)
+    Cap.objects.create(
+        account=owner.account, scope="account", period="month", limit_micros=4 * MICROS_PER_USD
+    )
 
     response = owner.client.get(reverse("dashboard"))
 
@@ -57,11 +59,15 @@ def test_tiny_amounts_are_not_shown_as_zero(owner, key) -> None:  # type: ignore
 
 def test_chart_switch_returns_only_the_chart_partial(owner, key) -> None:  # type: ignore[no-untyped-def]
     record(owner.account, key, NOW, cost=1000)
-    response = owner.client.get(reverse("dashboard_chart") + "?days=7", headers={"HX-Request": "true"})
+    response = owner.client.get(
+        reverse("dashboard_chart") + "?days=7", headers={"HX-Request": "true"}
+    )
     assert response.status_code == 200
     body = response.content.decode()
     assert 'id="charts"' in body and "<html" not in body and "Recent requests" not in body
-    data = json.loads(body.split('id="chart-data" type="application/json">')[1].split("</script>")[0])
+    data = json.loads(
+        body.split('id="chart-data" type="application/json">')[1].split("</script>")[0]
+    )
     assert len(data["labels"]) == 7 and data["labels"][-1] == "2026-11-20"
 
 
@@ -75,7 +81,9 @@ def test_chart_link_without_htmx_renders_the_page(owner, key) -> None:  # type: 
 def test_days_are_counted_in_the_account_time_zone(owner, key) -> None:  # type: ignore[no-untyped-def]
     owner.account.timezone = "Pacific/Auckland"  # UTC+13 in November
     owner.account.save()
-    record(owner.account, key, dt.datetime(2026, 11, 20, 11, 30, tzinfo=dt.UTC), cost=1000)  # 00:30 on the 21st
+    record(
+        owner.account, key, dt.datetime(2026, 11, 20, 11, 30, tzinfo=dt.UTC), cost=1000
+    )  # 00:30 on the 21st
     response = owner.client.get(reverse("dashboard"))
     assert response.context["window"].today == dt.date(2026, 11, 21)
     assert response.context["header"].today.cost_micros == 1000
@@ -86,7 +94,9 @@ def test_recent_requests_paginate_with_htmx(owner, key) -> None:  # type: ignore
         record(owner.account, key, NOW - dt.timedelta(minutes=i), cost=i + 1)
     first = owner.client.get(reverse("dashboard"))
     assert len(first.context["recent"]) == 25 and first.context["has_more"]
-    second = owner.client.get(reverse("dashboard_requests") + "?page=2", headers={"HX-Request": "true"})
+    second = owner.client.get(
+        reverse("dashboard_requests") + "?page=2", headers={"HX-Request": "true"}
+    )
     assert len(second.context["recent"]) == 5 and not second.context["has_more"]
     assert "<html" not in second.content.decode()
 
@@ -102,7 +112,9 @@ def test_top_runs_and_breakdowns(owner, key) -> None:  # type: ignore[no-untyped
 
 
 def test_capped_key_shows_banner_naming_cap_and_reset(owner, key) -> None:  # type: ignore[no-untyped-def]
-    Cap.objects.create(account=owner.account, scope="key", api_key=key, period="day", limit_micros=1000)
+    Cap.objects.create(
+        account=owner.account, scope="key", api_key=key, period="day", limit_micros=1000
+    )
     record(owner.account, key, NOW, cost=1000)
     body = owner.client.get(reverse("dashboard")).content.decode()
     assert "Daily cap on key “prod” reached" in body
@@ -120,7 +132,9 @@ def test_kill_switch_pauses_and_resumes_account_and_key(owner, key) -> None:  # 
     owner.account.refresh_from_db()
     assert owner.account.paused_at is None
 
-    response = owner.client.post(reverse("key_pause", args=[key.public_id]), headers={"HX-Request": "true"})
+    response = owner.client.post(
+        reverse("key_pause", args=[key.public_id]), headers={"HX-Request": "true"}
+    )
     assert response["HX-Redirect"] == reverse("dashboard")
     key.refresh_from_db()
     assert key.paused_at is not None
@@ -131,7 +145,10 @@ def test_kill_switch_pauses_and_resumes_account_and_key(owner, key) -> None:  # 
 
 def test_outsider_gets_404_for_another_accounts_key_and_cap(owner, outsider, key) -> None:  # type: ignore[no-untyped-def]
     cap = Cap.objects.create(account=owner.account, scope="account", period="day", limit_micros=5)
-    for url in (reverse("key_pause", args=[key.public_id]), reverse("key_resume", args=[key.public_id])):
+    for url in (
+        reverse("key_pause", args=[key.public_id]),
+        reverse("key_resume", args=[key.public_id]),
+    ):
         assert outsider.client.post(url).status_code == 404
     assert outsider.client.get(reverse("key_pause", args=[key.public_id])).status_code == 404
     assert outsider.client.post(reverse("cap_remove", args=[cap.public_id])).status_code == 404
@@ -144,7 +161,9 @@ def test_outsider_never_sees_another_accounts_usage(owner, outsider, key) -> Non
     make_key(outsider.account, "mine")
     body = outsider.client.get(reverse("dashboard")).content.decode()
     assert "$0.78" not in body and "secret-run" not in body and "prod" not in body
-    partial = outsider.client.get(reverse("dashboard_requests") + "?page=1", headers={"HX-Request": "true"})
+    partial = outsider.client.get(
+        reverse("dashboard_requests") + "?page=1", headers={"HX-Request": "true"}
+    )
     assert "secret-run" not in partial.content.decode() and "777" not in partial.content.decode()
 
 

@@ -51,9 +51,15 @@ def test_waitlist_is_rate_limited_per_ip(client, db, settings) -> None:  # type:
     cache.clear()
     settings.WAITLIST_RATE_LIMIT = 3
     for i in range(3):
-        client.post(reverse("waitlist"), {"email": f"p{i}@example.com"}, headers=HX, REMOTE_ADDR="10.0.0.9")
-    blocked = client.post(reverse("waitlist"), {"email": "p9@example.com"}, headers=HX, REMOTE_ADDR="10.0.0.9")
+        client.post(
+            reverse("waitlist"), {"email": f"p{i}@example.com"}, headers=HX, REMOTE_ADDR="10.0.0.9"
+        )
+    blocked = client.post(
+        reverse("waitlist"), {"email": "p9@example.com"}, headers=HX, REMOTE_ADDR="10.0.0.9"
+    )
     assert blocked.status_code == 200 and b"Too many sign-ups" in blocked.content
-    other = client.post(reverse("waitlist"), {"email": "q@example.com"}, headers=HX, REMOTE_ADDR="10.0.0.10")
+    other = client.post(
+        reverse("waitlist"), {"email": "q@example.com"}, headers=HX, REMOTE_ADDR="10.0.0.10"
+    )
     assert b'data-testid="waitlist-thanks"' in other.content
     assert WaitlistSignup.objects.count() == 4

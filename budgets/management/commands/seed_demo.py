@@ -58,8 +58,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         rng = random.Random(opts["seed"])  # noqa: S311 - demo data, not security
         user, _ = user_get_or_create(email=opts["email"], timezone_name=opts["timezone"])
-        account = Account.objects.filter(memberships__user=user, memberships__role="owner").first()
-        assert account is not None
+        account = Account.objects.get(memberships__user=user, memberships__role="owner")
         account.timezone = opts["timezone"]
         account.save(update_fields=["timezone"])
         if opts["reset"]:
