@@ -118,9 +118,7 @@ def start_proxy(env: dict[str, str], *, workers: int = 1) -> ProxyServer:
 
 
 @pytest.fixture(scope="session")
-def proxy_server(
-    django_db_setup: None, fake_openai_server: FakeOpenAI
-) -> Iterator[ProxyServer]:
+def proxy_server(django_db_setup: None, fake_openai_server: FakeOpenAI) -> Iterator[ProxyServer]:
     server = start_proxy(server_env(fake_openai_server.base_url))
     try:
         yield server
@@ -176,7 +174,9 @@ class Tenant:
 
 def make_tenant(person: Person, name: str = "test") -> Tenant:
     provider_key = ProviderKey.objects.create(
-        account=person.account, ciphertext=vault.encrypt(OPENAI_KEY), hint=provider_key_hint(OPENAI_KEY)
+        account=person.account,
+        ciphertext=vault.encrypt(OPENAI_KEY),
+        hint=provider_key_hint(OPENAI_KEY),
     )
     api_key, raw = api_key_create(
         account=person.account, actor=person.user, provider_key=provider_key, name=name

@@ -125,9 +125,7 @@ def test_streaming_n_choices(proxy: ProxyServer, tenant: Tenant) -> None:
     assert {c.choices[0].index for c in chunks} == {0, 1}
 
 
-def test_output_is_clamped_to_what_the_cap_affords(
-    proxy: ProxyServer, tenant: Tenant
-) -> None:
+def test_output_is_clamped_to_what_the_cap_affords(proxy: ProxyServer, tenant: Tenant) -> None:
     # gpt-4o: $2.50 / M input, $10 / M output. A $0.0006 cap leaves room for the prompt
     # and a few dozen output tokens, far fewer than the 1000 asked for.
     tenant.cap("0.0006")
