@@ -272,6 +272,9 @@ PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 256)
 # How long identical in-flight requests wait for the first one's answer before going
 # upstream themselves.
 PROXY_CACHE_WAIT_SECONDS = env_int("PROXY_CACHE_WAIT_SECONDS", 120)
+# Extra request headers passed on to the provider (besides OpenAI-Organization/-Project/
+# -Beta), comma separated; e.g. an OpenAI-compatible upstream's own headers.
+PROXY_FORWARD_HEADERS = env_list("PROXY_FORWARD_HEADERS")
 
 # --- i18n, static ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -12,8 +12,8 @@ from typing import Any
 from django.conf import settings
 
 from .errors import ProxyError
-from .views import ClientGone, Exchange, Receive, Send, generation, models
 from .validation import CHAT, EMBEDDINGS, RESPONSES
+from .views import ClientGone, Exchange, Receive, Send, generation, models
 
 logger = logging.getLogger(__name__)
 

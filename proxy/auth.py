@@ -18,7 +18,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
-from keys.services import ResolvedKey, api_key_resolve
+from keys.services import ResolvedKey, api_key_mark_used, api_key_resolve
 
 from .errors import ProxyError
 
@@ -28,7 +28,12 @@ _cache: dict[bytes, tuple[float, ResolvedKey]] = {}
 
 def _resolve_sync(raw: str) -> ResolvedKey | None:
     try:
-        return api_key_resolve(raw=raw)
+        resolved = api_key_resolve(raw=raw)
+        if resolved is not None:
+            # A conditional UPDATE that writes at most once a minute per key; with the
+            # cache above it runs at most once per PROXY_KEY_CACHE_SECONDS per worker.
+            api_key_mark_used(api_key_id=resolved.api_key_id)
+        return resolved
     finally:
         # No request_finished signal runs on /v1: hand the connection back ourselves.
         close_old_connections()

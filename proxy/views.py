@@ -24,6 +24,7 @@ from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 
 import aiohttp
+from django.conf import settings
 
 from budgets.pricing import UnknownModel, cost_micros
 from budgets.services import (
@@ -32,10 +33,10 @@ from budgets.services import (
     BudgetExceeded,
     Refused,
     UsageData,
+    arecord_cache_hit,
     budget_admit,
     budget_release,
     budget_settle,
-    record_cache_hit,
 )
 from keys.services import ResolvedKey
 from keys.vault import VaultError, decrypt
@@ -67,6 +68,15 @@ _JSON = b"application/json"
 _SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 # Request headers a client may send on to the provider with its own meaning.
 _FORWARDED_REQUEST_HEADERS = ("openai-organization", "openai-project", "openai-beta")
+_forwarded: tuple[str, ...] | None = None
+
+
+def _forwarded_request_headers() -> tuple[str, ...]:
+    global _forwarded
+    if _forwarded is None:
+        extra = tuple(h.lower() for h in settings.PROXY_FORWARD_HEADERS)
+        _forwarded = _FORWARDED_REQUEST_HEADERS + extra
+    return _forwarded
 
 
 class ClientGone(Exception):
@@ -339,6 +349,19 @@ def _cost(admission: Admission, tokens: Tokens) -> int:
     )
 
 
+def _lowered_by_budget(parsed: ParsedRequest, admission: Admission) -> bool:
+    """True when the budget cut the answer short of what the request would get otherwise.
+
+    Such an answer is not cached: the same request with more budget deserves the full one.
+    (With no limit asked, the ledger writes the model's own ceiling: that is no cut.)"""
+    if not admission.clamped:
+        return False
+    wanted = parsed.requested_output_tokens
+    if wanted is None:
+        wanted = admission.price.max_output_tokens
+    return admission.output_tokens_allowed < wanted
+
+
 def _upper_bound(parsed: ParsedRequest, admission: Admission) -> Tokens:
     return Tokens(parsed.input_tokens_bound, 0, admission.output_tokens_allowed * parsed.choices)
 
@@ -364,7 +387,7 @@ def _upstream_headers(ex: Exchange, secret: str, *, stream: bool) -> dict[str, s
         "Accept": "text/event-stream" if stream else "application/json",
         "X-Request-Id": str(ex.request_id),
     }
-    for name in _FORWARDED_REQUEST_HEADERS:
+    for name in _forwarded_request_headers():
         value = ex.headers.get(name)
         if value:
             headers[name] = value
@@ -507,15 +530,9 @@ async def serve_hit(
     )
     # Recorded after the answer is sent: a hit's latency is what the cache is for.
     try:
-        await shielded(_record_hit(key, usage))
+        await shielded(arecord_cache_hit(key=key, usage=usage))
     except Exception:
         logger.exception("recording a cache hit failed")
-
-
-async def _record_hit(key: ResolvedKey, usage: UsageData) -> None:
-    result = record_cache_hit(key=key, usage=usage)
-    if asyncio.iscoroutine(result):
-        await result
 
 
 async def forward(
@@ -548,6 +565,7 @@ async def forward(
                 run_id=run_id,
                 run_budget_micros=run_budget,
                 min_output_tokens=0 if parsed.endpoint == EMBEDDINGS else 16,
+                request_id=ex.request_id,
             )
         )
     except UnknownModel as exc:
@@ -617,7 +635,7 @@ async def relay_plain(
     ex.cost = cost
     ex.remaining = _remaining_after(admission, cost)
     await ex.respond(200, payload, extra=passthrough)
-    if not cache or admission.clamped:
+    if not cache or _lowered_by_budget(parsed, admission):
         return None
     if parsed.endpoint == RESPONSES and (answer or {}).get("status") != "completed":
         return None
@@ -627,8 +645,13 @@ async def relay_plain(
 def _stream_error_event(parsed: ParsedRequest, message: str, code: str) -> bytes:
     error = {"message": message, "type": "upstream_error", "param": None, "code": code}
     if parsed.endpoint == RESPONSES:
-        payload = {"type": "error", "code": code, "message": message, "param": None}
-        payload["error"] = error
+        payload: dict[str, Any] = {
+            "type": "error",
+            "code": code,
+            "message": message,
+            "param": None,
+            "error": error,
+        }
         return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
     return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
 
@@ -762,11 +785,18 @@ async def relay_stream(
             # An unexpected error in the relay: charge the whole reservation.
             await _settle(
                 admission,
-                _usage(ex, parsed, run_id, _upper_bound(parsed, admission), admission.reserved_micros, 500),
+                _usage(
+                    ex,
+                    parsed,
+                    run_id,
+                    _upper_bound(parsed, admission),
+                    admission.reserved_micros,
+                    500,
+                ),
             )
     if gone:
         ex.status = 499
-    if not cache or admission.clamped or gone or broken:
+    if not cache or _lowered_by_budget(parsed, admission) or gone or broken:
         return None
     if isinstance(state, ResponsesStream):
         if not state.completed or state.response is None:
@@ -822,4 +852,3 @@ async def models(ex: Exchange, path: str) -> None:
     if status != 200:
         payload = _as_envelope(payload, status)
     await ex.respond(status, payload, extra=passthrough)
-
