@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.browser.conftest import LiveProduct, shot
+from tests.browser.conftest import ARTIFACTS, LiveProduct, shot
 
 pytestmark = pytest.mark.browser
 
@@ -123,6 +123,9 @@ def test_new_user_goes_from_landing_to_a_capped_request_and_back(
     assert refused is not None and refused.status_code == 402
     capped_after = time.monotonic() - started
     assert "cap" in str(refused.message).lower()
+    (
+        ARTIFACTS / "test_new_user_goes_from_landing_to_a_capped_request_and_back" / "timing.txt"
+    ).write_text(f"landing to first capped request: {capped_after:.1f} s\n")
     assert capped_after < SETUP_BUDGET_SECONDS, f"landing → capped request took {capped_after:.0f}s"
 
     # Dashboard: numbers, chart data, and the banner naming the cap.
