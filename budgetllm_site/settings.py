@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "budgets",
     "proxy",
     "billing",
+    "marketing",
 ]
 
 MIDDLEWARE = [
@@ -193,11 +194,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": crontab(minute=7),
     },
     # Dashboard rollups: today's numbers at most a minute stale ...
-    "budgets-rollup-recent": {"task": "budgets.rollup_recent", "schedule": 60.0},
+    "budgets-rollup-recent": {"task": "budgets.tasks.rollup_recent", "schedule": 60.0},
     # ... and each account's previous local day closed once after its midnight (the task
     # picks the accounts whose local hour is 0, so every time zone gets its turn).
     "budgets-rollup-yesterday": {
-        "task": "budgets.rollup_yesterday",
+        "task": "budgets.tasks.rollup_yesterday",
         "schedule": crontab(minute=5),
     },
     "budgets-sweep-expired-reservations": {
@@ -250,6 +251,10 @@ MAGIC_LINK_MAX_AGE = 15 * 60
 SESAME_MAX_AGE = MAGIC_LINK_MAX_AGE
 SESAME_ONE_TIME = True
 SESAME_TOKEN_NAME = "token"  # noqa: S105 - the query parameter's name, not a secret
+
+# Landing-page waitlist: at most this many sign-ups per IP per window.
+WAITLIST_RATE_LIMIT = env_int("WAITLIST_RATE_LIMIT", 5)
+WAITLIST_RATE_WINDOW_SECONDS = env_int("WAITLIST_RATE_WINDOW_SECONDS", 3600)
 
 # --- Email -------------------------------------------------------------------------------
 # Console by default: magic links appear in the terminal that runs `make run`.

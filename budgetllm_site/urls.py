@@ -15,6 +15,7 @@ urlpatterns = [
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("metrics", ops.metrics, name="metrics"),
     path("staff/metrics/", ops.staff_metrics, name="staff_metrics"),
+    path("", include("marketing.urls")),
     path("", include("accounts.urls")),
     path("keys/", include("keys.urls")),
     path("", include("budgets.urls")),

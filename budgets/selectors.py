@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +101,7 @@ class UsageSnapshot:
         return out
 
 
-def _totals_from(row: dict[str, Any]) -> Totals:
+def _totals_from(row: Mapping[str, Any]) -> Totals:
     return Totals(
         cost_micros=row["cost"] or 0,
         saved_micros=row["saved"] or 0,
@@ -312,8 +313,9 @@ def top_runs(*, account: Account, window: Window, limit: int = 10) -> list[dict[
     month_start = dt.datetime.combine(
         window.month_first, dt.time.min, tzinfo=window.today_start.tzinfo
     )
-    return list(
-        UsageRecord.objects.filter(account=account, created_at__gte=month_start)
+    return [
+        dict(row)
+        for row in UsageRecord.objects.filter(account=account, created_at__gte=month_start)
         .exclude(run_id="")
         .values("run_id")
         .annotate(
@@ -322,7 +324,7 @@ def top_runs(*, account: Account, window: Window, limit: int = 10) -> list[dict[
             n=Count("id"),
         )
         .order_by("-cost", "run_id")[:limit]
-    )
+    ]
 
 
 def recent_requests(*, account: Account, page: int) -> tuple[list[UsageRecord], bool]:

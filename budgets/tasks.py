@@ -11,7 +11,7 @@ from . import alerts, health, rollups, services
 from .models import AlertChannel
 
 
-@shared_task(name="budgets.rollup_recent")
+@shared_task(name="budgets.tasks.rollup_recent", ignore_result=True)
 def rollup_recent_task() -> int:
     """Beat, every minute: today's DailyUsage rows of accounts with recent usage."""
     done = len(rollups.rollup_recent())
@@ -19,7 +19,7 @@ def rollup_recent_task() -> int:
     return done
 
 
-@shared_task(name="budgets.rollup_yesterday")
+@shared_task(name="budgets.tasks.rollup_yesterday", ignore_result=True)
 def rollup_yesterday_task() -> int:
     """Beat, hourly: yesterday's rows of accounts that just passed their local midnight."""
     return len(rollups.rollup_yesterday())

@@ -1,0 +1,172 @@
+"""The per-account exact-match cache: hits cost $0, record savings, replay as SSE."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from budgets.models import Cap
+from tests.conftest import FakeOpenAI
+from tests.proxy.conftest import ProxyServer, Tenant, make_tenant
+from tests.proxy.helpers import records
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+MESSAGES = [{"role": "user", "content": "Tell me a fact"}]
+TEXT = " ".join(f"word{i}" for i in range(20))
+
+
+def chat(client: openai.OpenAI, **kwargs):  # type: ignore[no-untyped-def]
+    kwargs.setdefault("model", "gpt-4o-mini")
+    kwargs.setdefault("messages", MESSAGES)
+    return client.chat.completions.with_raw_response.create(**kwargs)
+
+
+def test_a_repeated_request_is_a_free_hit_that_records_what_it_saved(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    client = proxy.client(tenant.raw)
+    first = chat(client)
+    second = chat(client)
+    assert first.headers["x-budgetllm-cache"] == "MISS"
+    assert second.headers["x-budgetllm-cache"] == "HIT"
+    assert second.headers["x-budgetllm-cost-usd"] == "0.000000"
+    assert second.headers["x-budgetllm-saved-usd"] == first.headers["x-budgetllm-cost-usd"]
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert fake_openai.stats()["/v1/chat/completions"] == 1
+    miss, hit = records(tenant.account)
+    assert (hit.cache_status, hit.cost_micros, hit.saved_micros) == ("HIT", 0, miss.cost_micros)
+
+
+def test_key_order_user_and_stream_flags_do_not_change_the_key(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    headers = {"Authorization": f"Bearer {tenant.raw}", "Content-Type": "application/json"}
+    url = proxy.base_url + "/chat/completions"
+    a = {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0.2}
+    b = {"temperature": 0.2, "user": "someone", "messages": MESSAGES, "model": "gpt-4o-mini"}
+    assert (
+        httpx.post(url, content=json.dumps(a), headers=headers).headers["x-budgetllm-cache"]
+        == "MISS"
+    )
+    assert (
+        httpx.post(url, content=json.dumps(b), headers=headers).headers["x-budgetllm-cache"]
+        == "HIT"
+    )
+    c = {**a, "temperature": 0.3}
+    assert (
+        httpx.post(url, content=json.dumps(c), headers=headers).headers["x-budgetllm-cache"]
+        == "MISS"
+    )
+
+
+def test_a_streaming_request_hits_the_cache_and_is_replayed_as_sse(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    client = proxy.client(tenant.raw)
+    chat(client)
+    chunks = list(
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == TEXT
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    with_usage = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert with_usage[-1].choices == [] and with_usage[-1].usage.completion_tokens == 20
+    assert fake_openai.stats()["/v1/chat/completions"] == 1
+    assert [r.cache_status for r in records(tenant.account)] == ["MISS", "HIT", "HIT"]
+
+
+def test_a_streamed_answer_is_cached_for_plain_requests_too(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    client = proxy.client(tenant.raw)
+    list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    raw = chat(client)
+    assert raw.headers["x-budgetllm-cache"] == "HIT"
+    completion = raw.parse()
+    assert completion.choices[0].message.content == TEXT
+    assert completion.usage.completion_tokens == 20
+    assert fake_openai.stats()["/v1/chat/completions"] == 1
+
+
+def test_responses_stream_replayed_from_the_cache(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    client = proxy.client(tenant.raw)
+    first = client.responses.create(model="gpt-4o-mini", input="Hi")
+    events = list(client.responses.create(model="gpt-4o-mini", input="Hi", stream=True))
+    assert events[-1].type == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == first.output_text
+    assert fake_openai.stats()["/v1/responses"] == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Cache-Control": "no-cache"}, {"Cache-Control": "no-store"}, {"X-BudgetLLM-Cache": "off"}],
+)
+def test_cache_can_be_bypassed_per_request(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI, headers: dict[str, str]
+) -> None:
+    client = proxy.client(tenant.raw)
+    chat(client)
+    raw = chat(client, extra_headers=headers)
+    assert raw.headers["x-budgetllm-cache"] == "BYPASS"
+    assert fake_openai.stats()["/v1/chat/completions"] == 2
+
+
+def test_a_hit_is_served_even_when_the_cap_is_exhausted(proxy: ProxyServer, tenant: Tenant) -> None:
+    client = proxy.client(tenant.raw, max_retries=0)
+    chat(client)
+    tenant.cap("0", scope=Cap.Scope.ACCOUNT, period=Cap.Period.MONTH)
+    assert chat(client).headers["x-budgetllm-cache"] == "HIT"
+    with pytest.raises(openai.APIStatusError) as caught:
+        chat(client, messages=[{"role": "user", "content": "Something new"}])
+    assert caught.value.status_code == 402
+
+
+def test_the_cache_is_never_shared_between_accounts(
+    proxy: ProxyServer, tenant: Tenant, outsider, fake_openai: FakeOpenAI
+) -> None:
+    other = make_tenant(outsider, name="other")
+    chat(proxy.client(tenant.raw))
+    assert chat(proxy.client(other.raw)).headers["x-budgetllm-cache"] == "MISS"
+    assert fake_openai.stats()["/v1/chat/completions"] == 2
+
+
+def test_an_answer_cut_short_by_the_budget_is_not_cached(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    tenant.cap("0.0008")  # room for ~55 gpt-4o output tokens, then ~35
+    client = proxy.client(tenant.raw)
+    first = chat(client, model="gpt-4o", max_tokens=1000)
+    assert int(first.headers["x-budgetllm-max-tokens"]) < 1000
+    second = chat(client, model="gpt-4o", max_tokens=1000)
+    assert second.headers["x-budgetllm-cache"] == "MISS"
+
+
+def test_identical_requests_in_flight_go_upstream_once(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    client = proxy.client(tenant.raw, max_retries=0)
+
+    def one(_: int) -> tuple[str, str]:
+        raw = chat(client, extra_headers={"X-Fake-Delay-Ms": "400"})
+        return raw.headers["x-budgetllm-cache"], raw.parse().choices[0].message.content
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(one, range(6)))
+    assert fake_openai.stats()["/v1/chat/completions"] == 1
+    assert sorted(status for status, _ in results) == ["HIT"] * 5 + ["MISS"]
+    assert {text for _, text in results} == {TEXT}
