@@ -13,13 +13,12 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadReque
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.csp import CSP
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csp import csp_override
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from accounts.models import Account
-from accounts.services import account_for_user
+from accounts.services import account_for_user, safe_next_url
 from keys.models import ApiKey, ProviderKey
 
 from . import selectors, services, standin
@@ -205,12 +204,8 @@ def notices_dismiss(request: HttpRequest) -> HttpResponse:
     services.notices_dismiss(account=_account(request))
     if request.htmx:  # type: ignore[attr-defined]
         return HttpResponse("")
-    target = request.POST.get("next", "")
-    if not url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        target = reverse("billing:page")
-    return redirect(target)
+    target = safe_next_url(request=request, url=request.POST.get("next"))
+    return redirect(target or reverse("billing:page"))
 
 
 @csrf_exempt  # called by Razorpay's servers; authenticated by the body's signature instead
