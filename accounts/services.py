@@ -70,6 +70,14 @@ def account_for_user(user: User) -> Account:
     return membership.account
 
 
+def account_is_owner(*, user: User, account: Account) -> bool:
+    """Whether `user` owns `account`. Members use an account (keys, caps, dashboard);
+    only owners change what it pays for or delete it."""
+    return Membership.objects.filter(
+        user=user, account=account, role=Membership.Role.OWNER
+    ).exists()
+
+
 # --- Time zones ------------------------------------------------------------------------
 
 
