@@ -70,6 +70,14 @@ def account_for_user(user: User) -> Account:
     return membership.account
 
 
+def account_is_owner(*, user: User, account: Account) -> bool:
+    """Whether `user` owns `account`. Members use an account (keys, caps, dashboard);
+    only owners change what it pays for or delete it."""
+    return Membership.objects.filter(
+        user=user, account=account, role=Membership.Role.OWNER
+    ).exists()
+
+
 # --- Time zones ------------------------------------------------------------------------
 
 
@@ -95,9 +103,18 @@ def account_set_timezone(*, account: Account, timezone_name: str) -> None:
 
 
 def safe_next_url(*, request: HttpRequest, url: str | None) -> str | None:
-    """`url` if it stays on this site, else None (open-redirect guard for ?next=)."""
-    if url and url_has_allowed_host_and_scheme(
-        url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    """`url` if it is a path on this site, else None (open-redirect guard for ?next=).
+
+    Only absolute paths: `redirect()` treats a bare word ("x", "None") as a URL pattern
+    name and raised NoReverseMatch (a 500) on it, and a relative path would resolve
+    against whatever page happens to redirect.
+    """
+    if (
+        url
+        and url.startswith("/")
+        and url_has_allowed_host_and_scheme(
+            url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        )
     ):
         return url
     return None

@@ -9,17 +9,17 @@ from typing import cast
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.csp import CSP
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csp import csp_override
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from accounts.models import Account
-from accounts.services import account_for_user
+from accounts.services import account_for_user, account_is_owner, safe_next_url
 from keys.models import ApiKey, ProviderKey
 
 from . import selectors, services, standin
@@ -32,6 +32,15 @@ from .webhooks import WebhookRejected, lemonsqueezy_webhook_receive, razorpay_we
 
 def _account(request: HttpRequest) -> Account:
     return account_for_user(request.user)  # type: ignore[arg-type]
+
+
+def _owned_account(request: HttpRequest) -> Account:
+    """The signed-in account, for changes to its plan: team members may look, not pay or
+    cancel (403: they know the account exists, the owner decides)."""
+    account = _account(request)
+    if not account_is_owner(user=request.user, account=account):  # type: ignore[arg-type]
+        raise PermissionDenied("Only the account owner can change the plan.")
+    return account
 
 
 @login_required
@@ -48,7 +57,12 @@ def billing_page(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "billing/billing.html",
-        {"o": overview, "ls_urls": ls_urls, "standin": settings.BILLING_CHECKOUT_STANDIN},
+        {
+            "o": overview,
+            "ls_urls": ls_urls,
+            "standin": settings.BILLING_CHECKOUT_STANDIN,
+            "is_owner": account_is_owner(user=request.user, account=account),  # type: ignore[arg-type]
+        },
     )
 
 
@@ -61,7 +75,7 @@ def razorpay_subscribe(request: HttpRequest) -> HttpResponse:
         return redirect("billing:page")
     try:
         sub = services.razorpay_subscription_start(
-            account=_account(request), plan=form.cleaned_data["plan"]
+            account=_owned_account(request), plan=form.cleaned_data["plan"]
         )
     except (services.BillingError, GatewayError) as exc:
         messages.error(request, str(exc))
@@ -84,7 +98,7 @@ RAZORPAY_CHECKOUT_CSP: dict[str, Collection[str] | str] = {
 @login_required
 @csp_override(RAZORPAY_CHECKOUT_CSP)
 def razorpay_checkout(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
-    account = _account(request)
+    account = _owned_account(request)
     sub = get_object_or_404(
         Subscription, public_id=public_id, account=account, provider=Provider.RAZORPAY
     )
@@ -115,7 +129,7 @@ def razorpay_verify(request: HttpRequest) -> HttpResponse:
         return redirect("billing:page")
     try:
         sub = services.razorpay_checkout_verify(
-            account=_account(request),
+            account=_owned_account(request),
             payment_id=form.cleaned_data["razorpay_payment_id"],
             subscription_id=form.cleaned_data["razorpay_subscription_id"],
             signature=form.cleaned_data["razorpay_signature"],
@@ -132,7 +146,7 @@ def lemonsqueezy_checkout(request: HttpRequest, plan: str) -> HttpResponse:
     if plan not in services.PAID_PLANS:
         raise Http404
     url = services.lemonsqueezy_checkout_url(
-        account=_account(request),
+        account=_owned_account(request),
         plan=plan,
         email=request.user.email,  # type: ignore[union-attr]
     )
@@ -143,7 +157,7 @@ def lemonsqueezy_checkout(request: HttpRequest, plan: str) -> HttpResponse:
 @require_POST
 def subscription_cancel(request: HttpRequest) -> HttpResponse:
     try:
-        sub = services.subscription_cancel_at_period_end(account=_account(request))
+        sub = services.subscription_cancel_at_period_end(account=_owned_account(request))
     except (services.BillingError, GatewayError) as exc:
         messages.error(request, str(exc))
         return redirect("billing:page")
@@ -159,7 +173,7 @@ def subscription_cancel(request: HttpRequest) -> HttpResponse:
 @login_required
 def keys_keep(request: HttpRequest) -> HttpResponse:
     """Choose which keys stay enabled within the plan's limits (after a downgrade)."""
-    account = _account(request)
+    account = _owned_account(request)
     provider_keys = list(ProviderKey.objects.filter(account=account).order_by("created_at"))
     api_keys = list(
         ApiKey.objects.filter(account=account, revoked_at__isnull=True)
@@ -205,12 +219,8 @@ def notices_dismiss(request: HttpRequest) -> HttpResponse:
     services.notices_dismiss(account=_account(request))
     if request.htmx:  # type: ignore[attr-defined]
         return HttpResponse("")
-    target = request.POST.get("next", "")
-    if not url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        target = reverse("billing:page")
-    return redirect(target)
+    target = safe_next_url(request=request, url=request.POST.get("next"))
+    return redirect(target or reverse("billing:page"))
 
 
 @csrf_exempt  # called by Razorpay's servers; authenticated by the body's signature instead

@@ -68,6 +68,10 @@ class ChannelNotAllowed(AlertError):
     pass
 
 
+class TestAlertTooSoon(AlertError):
+    pass
+
+
 class DeliveryError(Exception):
     """A channel could not be reached. `retryable` says whether trying later may help."""
 
@@ -453,9 +457,34 @@ def alert_dispatch(*, account: Account, message: AlertMessage) -> int:
     return len(channels)
 
 
+# A channel's target is whatever address or webhook the user typed, unverified: without
+# a limit the test button would let anyone aim our mail server at someone else's inbox.
+TEST_ALERT_CHANNEL_INTERVAL_SECONDS = 60
+TEST_ALERTS_PER_ACCOUNT_PER_HOUR = 20
+
+
+def _test_alert_allowed(channel: AlertChannel) -> bool:
+    if not cache.add(
+        f"alerts:test:channel:{channel.public_id}", 1, timeout=TEST_ALERT_CHANNEL_INTERVAL_SECONDS
+    ):
+        return False
+    key = f"alerts:test:account:{channel.account.public_id}"
+    if cache.add(key, 1, timeout=3600):
+        return True
+    try:
+        return cache.incr(key) <= TEST_ALERTS_PER_ACCOUNT_PER_HOUR
+    except ValueError:  # expired between add and incr
+        return cache.add(key, 1, timeout=3600)
+
+
 def alert_send_test(*, channel: AlertChannel) -> None:
+    """Queue a test alert to `channel`. Raises TestAlertTooSoon when sent too often."""
     from .tasks import alert_deliver_task
 
+    if not _test_alert_allowed(channel):
+        raise TestAlertTooSoon(
+            "A test alert was sent a moment ago; check that channel, or try again in a minute."
+        )
     message = AlertMessage(
         title="Test alert from BudgetLLM",
         text=f"This {channel.get_kind_display()} channel will receive your budget alerts.",

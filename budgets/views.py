@@ -13,6 +13,8 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.http import AuthedRequest
@@ -329,6 +331,8 @@ def _onboarding_context(account: Account, **extra: Any) -> dict[str, Any]:
     return context
 
 
+# The pasted OpenAI key must never reach an error report or the debug page.
+@sensitive_post_parameters("raw_key")
 @login_required
 @require_http_methods(["GET", "POST"])
 def onboarding(request: AuthedRequest) -> HttpResponse:
@@ -376,10 +380,13 @@ def onboarding(request: AuthedRequest) -> HttpResponse:
             except KeyServiceError as exc:
                 kform.add_error("name", str(exc))
             else:
-                # Rendered, not redirected: this response is the only place the raw key appears.
-                return render(
+                # Rendered, not redirected: this response is the only place the raw key
+                # appears, so no cache (browser, proxy) may keep a copy of it.
+                response = render(
                     request, "budgets/onboarding.html", _onboarding_context(account, raw_key=raw)
                 )
+                add_never_cache_headers(response)
+                return response
         return render(
             request, "budgets/onboarding.html", _onboarding_context(account, key_form=kform)
         )

@@ -100,7 +100,13 @@ def _channel(request: HttpRequest, public_id: uuid.UUID) -> tuple[Account, Alert
 @require_POST
 def alert_channel_test(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     account, channel = _channel(request, public_id)
-    alerts.alert_send_test(channel=channel)
+    try:
+        alerts.alert_send_test(channel=channel)
+    except alerts.AlertError as exc:
+        if getattr(request, "htmx", False):
+            return _page(request, account, partial="channels", flash=str(exc))
+        messages.error(request, str(exc))
+        return redirect("alerts")
     return _done(request, account, f"Test alert sent to {channel}.")
 
 

@@ -155,3 +155,19 @@ def test_login_page_drops_an_external_next() -> None:
     response = Client().get("/accounts/login/?next=https://evil.example/")
 
     assert b"evil.example" not in response.content
+
+
+@pytest.mark.parametrize("bad_next", ["x", "None", "keys", "dashboard/"])
+def test_a_signed_in_user_with_a_bare_word_next_lands_on_the_dashboard(owner, bad_next) -> None:
+    # redirect() reads a bare word as a URL pattern name: it used to raise (a 500).
+    response = owner.client.get("/accounts/login/", {"next": bad_next})
+
+    assert response.status_code == 302
+    assert response["Location"] == "/dashboard/"
+
+
+def test_a_bare_word_next_is_dropped_from_the_login_form() -> None:
+    response = Client().get("/accounts/login/?next=None")
+
+    assert response.status_code == 200
+    assert b'name="next" value="None"' not in response.content

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -113,3 +114,52 @@ def test_toggle_and_remove_channel(owner: Person) -> None:
 
 def test_settings_page_needs_sign_in(client: Any, db: Any) -> None:
     assert client.get(reverse("alerts")).status_code == 302
+
+
+@pytest.mark.django_db
+def test_channel_times_are_shown_in_the_accounts_time_zone(owner: Person) -> None:
+    owner.account.timezone = "Asia/Kolkata"
+    owner.account.save()
+    sent = dt.datetime(2026, 1, 1, 23, 30, tzinfo=dt.UTC)  # 05:00 on 2 January in India
+    AlertChannel.objects.create(
+        account=owner.account, kind="email", target="ops@example.com", last_success_at=sent
+    )
+    other = AlertChannel.objects.create(
+        account=owner.account, kind="email", target="cto@example.com"
+    )
+
+    full = owner.client.get(reverse("alerts")).content.decode()
+    # The channel list alone, as HTMX swaps it in after an action on another channel.
+    partial = owner.client.post(
+        reverse("alert_channel_toggle", args=[other.public_id]), headers={"HX-Request": "true"}
+    ).content.decode()
+
+    for html in (full, partial):
+        assert "OK, last sent 2026-01-02 05:00" in html
+        assert "2026-01-01 23:30" not in html
+
+
+@pytest.mark.django_db(transaction=True)
+def test_test_alerts_to_one_channel_are_limited_to_one_a_minute(owner: Person) -> None:
+    channel = alerts.alert_channel_add(
+        account=owner.account, kind="email", target="someone@example.com"
+    )
+    url = reverse("alert_channel_test", args=[channel.public_id])
+
+    first = owner.client.post(url, headers={"HX-Request": "true"})
+    second = owner.client.post(url, headers={"HX-Request": "true"})
+
+    assert first.status_code == second.status_code == 200
+    assert b"try again in a minute" in second.content
+    assert len(mail.outbox) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_test_alerts_per_account_are_limited_per_hour(owner: Person) -> None:
+    for n in range(alerts.TEST_ALERTS_PER_ACCOUNT_PER_HOUR + 3):
+        channel = alerts.alert_channel_add(
+            account=owner.account, kind="email", target=f"person{n}@example.com"
+        )
+        owner.client.post(reverse("alert_channel_test", args=[channel.public_id]))
+
+    assert len(mail.outbox) == alerts.TEST_ALERTS_PER_ACCOUNT_PER_HOUR

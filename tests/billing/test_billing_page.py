@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime as dt
+
 from django.urls import reverse
 
 from billing.models import Payment
@@ -58,3 +60,23 @@ def test_payment_history_shows_integer_minor_units_formatted(owner, outsider) ->
 def test_billing_page_requires_sign_in(client) -> None:
     response = client.get(reverse("billing:page"))
     assert response.status_code == 302
+
+
+def test_payment_dates_are_shown_in_the_accounts_time_zone(owner) -> None:
+    owner.account.timezone = "Asia/Kolkata"
+    owner.account.save()
+    # 20:00 UTC on 31 January is already 1 February in India.
+    Payment.objects.create(
+        account=owner.account,
+        provider="razorpay",
+        provider_payment_id="pay_TZ00000000001",
+        amount_minor=159900,
+        currency="INR",
+        status=Payment.Status.CAPTURED,
+        description="Pro",
+        paid_at=dt.datetime(2026, 1, 31, 20, 0, tzinfo=dt.UTC),
+    )
+
+    html = owner.client.get(reverse("billing:page")).content.decode()
+
+    assert "1 Feb 2026" in html and "31 Jan 2026" not in html

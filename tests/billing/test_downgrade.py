@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from django.core import mail
 from django.urls import reverse
 
@@ -154,3 +155,17 @@ def test_abandoned_checkout_ending_sends_no_notice(owner) -> None:
     sub.save()
     assert downgrade(sub) == []
     assert not BillingNotice.objects.exists()
+
+
+@pytest.mark.parametrize("bad_next", ["x", "None", "//evil.example/"])
+def test_dismiss_with_a_bare_word_next_goes_to_the_billing_page(owner, bad_next) -> None:
+    response = owner.client.post(reverse("billing:notices_dismiss"), {"next": bad_next})
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("billing:page")
+
+
+def test_dismiss_returns_to_the_page_it_was_clicked_on(owner) -> None:
+    response = owner.client.post(reverse("billing:notices_dismiss"), {"next": "/keys/"})
+
+    assert response["Location"] == "/keys/"

@@ -109,3 +109,9 @@ def test_cap_delete_and_caps_page_renders(owner) -> None:  # type: ignore[no-unt
     assert page.status_code == 200 and b"Daily account cap" in page.content
     owner.client.post(reverse("cap_remove", args=[cap.public_id]))
     assert not Cap.objects.exists()
+
+
+def test_caps_are_one_click_away_from_every_page(owner) -> None:  # type: ignore[no-untyped-def]
+    # Caps are the product: the nav links to them, not only the dashboard's button.
+    for url in ("/keys/", "/alerts/", "/billing/", "/account/settings/", "/welcome/"):
+        assert b'<a href="/caps/">Caps</a>' in owner.client.get(url).content, url

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.urls import reverse
+from django.views.debug import SafeExceptionReporterFilter
 
 from budgets.models import MICROS_PER_USD, Cap
 from keys.models import ApiKey, ProviderKey
@@ -62,3 +63,24 @@ def test_first_request_indicator_turns_green_when_usage_arrives(owner, key) -> N
     record(owner.account, key, timezone.now())
     done = owner.client.get(reverse("onboarding_first_request"), headers=HX)
     assert b'data-state="received"' in done.content and b"hx-trigger" not in done.content
+
+
+def test_onboarding_hides_the_pasted_provider_key_from_error_reports(owner) -> None:  # type: ignore[no-untyped-def]
+    pasted = "sk-short-LEAKCHECK"
+    response = owner.client.post(reverse("onboarding"), {"step": "provider", "raw_key": pasted})
+
+    assert response.status_code == 200
+    # What Django's error page and error mails would show of this request's POST.
+    reported = SafeExceptionReporterFilter().get_post_parameters(response.wsgi_request)
+    assert reported["raw_key"] != pasted
+    assert reported["step"] == "provider"
+
+
+def test_the_response_showing_a_new_bllm_key_is_never_cached(owner, fake_openai) -> None:  # type: ignore[no-untyped-def]
+    owner.client.post(
+        reverse("onboarding"), {"step": "provider", "raw_key": "sk-test-1234567890abcd"}
+    )
+    created = owner.client.post(reverse("onboarding"), {"step": "key", "name": "my-app"})
+
+    assert created.context["raw_key"].startswith("bllm_")
+    assert "no-store" in created["Cache-Control"]
