@@ -4,12 +4,15 @@ from typing import Any
 
 from allauth.account.adapter import DefaultAccountAdapter
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.http import HttpRequest, HttpResponse
 
 LOGIN_CODE_MAIL = "account/email/login_code"
 
 
 class AccountAdapter(DefaultAccountAdapter):
-    """allauth hooks: the login-code mail also carries the one-click magic link."""
+    """allauth hooks: the login-code mail also carries the one-click magic link, and
+    every sign-in (link or code) accepts the open team invitations for the address."""
 
     def send_mail(self, template_prefix: str, email: str, context: dict[str, Any]) -> None:
         if template_prefix == LOGIN_CODE_MAIL and not context.get("reauthentication"):
@@ -21,3 +24,14 @@ class AccountAdapter(DefaultAccountAdapter):
                 "expiry_minutes": settings.MAGIC_LINK_MAX_AGE // 60,
             }
         super().send_mail(template_prefix, email, context)
+
+    def post_login(
+        self, request: HttpRequest, user: AbstractBaseUser, **kwargs: Any
+    ) -> HttpResponse:
+        response: HttpResponse = super().post_login(request, user, **kwargs)
+        from .models import User
+        from .team import team_invites_accept_on_login
+
+        if isinstance(user, User):
+            team_invites_accept_on_login(request=request, user=user)
+        return response

@@ -4,7 +4,7 @@ from typing import Any
 
 from django import forms
 
-from .models import User, normalise_email
+from .models import Membership, User, normalise_email
 from .services import timezone_is_valid
 
 
@@ -66,3 +66,23 @@ class DeleteAccountForm(forms.Form):
         if typed != self.user.email:
             raise forms.ValidationError("That is not your email address; nothing was deleted.")
         return typed
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(
+        label="Email address",
+        max_length=254,
+        widget=forms.EmailInput(attrs={"autocomplete": "off", "placeholder": "dev@example.com"}),
+    )
+
+    def clean_email(self) -> str:
+        return normalise_email(self.cleaned_data["email"])
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Membership.Role.choices)
+
+
+class AccountSwitchForm(forms.Form):
+    account = forms.UUIDField()
+    next = forms.CharField(required=False, max_length=2000)

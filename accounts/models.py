@@ -87,10 +87,16 @@ class Membership(models.Model):
         OWNER = "owner", "Owner"
         MEMBER = "member", "Member"
 
+    # In the team page's URLs (change role, remove): never the integer id.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.OWNER)
     created_at = models.DateTimeField(default=dj_timezone.now)
+    # Set while the account's plan has no team members (a downgrade from Team): the
+    # member keeps their place but cannot act on the account until it is Team again.
+    # Owners are never suspended.
+    suspended_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -101,3 +107,54 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.account} ({self.role})"
+
+
+class Invitation(models.Model):
+    """An owner's invitation for an email address to join their account as a member.
+
+    Bound to the address, not to a user: it is accepted when someone signs in as that
+    address (by magic link or code) before `expires_at`, once (`accepted_at`).
+    """
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    invited_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=dj_timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # One open invitation per address and account: inviting again refreshes it.
+            models.UniqueConstraint(
+                fields=["account", "email"],
+                condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="invitation_account_email_open_uniq",
+            ),
+        ]
+        indexes = [
+            # Sign-in looks up the open invitations for the address that just signed in.
+            models.Index(
+                fields=["email"],
+                condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="invitation_open_email_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.account}"
+
+    @property
+    def is_open(self) -> bool:
+        return (
+            self.accepted_at is None
+            and self.revoked_at is None
+            and self.expires_at > dj_timezone.now()
+        )

@@ -9,8 +9,10 @@ through allauth, which stays the owner of the session and its login stages.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 import zoneinfo
 from functools import lru_cache
+from typing import cast
 from urllib.parse import urlencode
 
 from allauth.account.internal.flows.login_by_code import LoginCodeVerificationProcess
@@ -55,10 +57,13 @@ def user_get_or_create(*, email: str, timezone_name: str = "UTC") -> tuple[User,
 
 
 def account_for_user(user: User) -> Account:
-    """The account a signed-in user acts on: their own (owner) first, else the first team."""
+    """The account a user acts on by default: their own (owner) first, else the first team.
+
+    Web views use `account_for_request`, which honours the account picked in the nav.
+    """
     membership = (
         Membership.objects.select_related("account")
-        .filter(user=user)
+        .filter(user=user, suspended_at__isnull=True)
         .order_by("-role", "created_at")  # "owner" sorts after "member"; owners first
         .first()
     )
@@ -68,6 +73,77 @@ def account_for_user(user: User) -> Account:
         Membership.objects.create(account=account, user=user, role=Membership.Role.OWNER)
         return account
     return membership.account
+
+
+# The account picked in the nav's switcher (its public id). Only a hint: every request
+# checks it against the user's memberships again, so a removed or suspended member
+# falls back to their default account at once.
+ACTING_ACCOUNT_SESSION_KEY = "acting_account"
+_REQUEST_CACHE_ATTR = "_budgetllm_acting_account"
+
+
+def account_for_request(request: HttpRequest) -> Account:
+    """The account the signed-in user acts on in this request.
+
+    The one picked in the switcher while they still belong to it (not suspended), else
+    `account_for_user`. Computed once per request: views and context processors share it.
+    """
+    cached = getattr(request, _REQUEST_CACHE_ATTR, None)
+    if isinstance(cached, Account):
+        return cached
+    user = cast(User, request.user)
+    account: Account | None = None
+    wanted = _uuid_or_none(request.session.get(ACTING_ACCOUNT_SESSION_KEY))
+    if wanted is not None:
+        membership = (
+            Membership.objects.select_related("account")
+            .filter(user=user, account__public_id=wanted, suspended_at__isnull=True)
+            .first()
+        )
+        if membership is None:
+            request.session.pop(ACTING_ACCOUNT_SESSION_KEY, None)
+        else:
+            account = membership.account
+    if account is None:
+        account = account_for_user(user)
+    setattr(request, _REQUEST_CACHE_ATTR, account)
+    return account
+
+
+def _uuid_or_none(value: object) -> uuid.UUID | None:
+    if not value:
+        return None
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def account_switch(*, request: HttpRequest, public_id: uuid.UUID) -> Account:
+    """Act on account `public_id` from now on. Raises Account.DoesNotExist unless the
+    user is an active (not suspended) member of it, so the caller answers 404."""
+    membership = (
+        Membership.objects.select_related("account")
+        .filter(
+            user=cast(User, request.user), account__public_id=public_id, suspended_at__isnull=True
+        )
+        .first()
+    )
+    if membership is None:
+        raise Account.DoesNotExist("Not an account you act on.")
+    request.session[ACTING_ACCOUNT_SESSION_KEY] = str(membership.account.public_id)
+    setattr(request, _REQUEST_CACHE_ATTR, membership.account)
+    return membership.account
+
+
+def accounts_for_user(user: User) -> list[Account]:
+    """Every account the user may act on (the switcher's choices): their own first."""
+    memberships = (
+        Membership.objects.select_related("account")
+        .filter(user=user, suspended_at__isnull=True)
+        .order_by("-role", "created_at")
+    )
+    return [m.account for m in memberships]
 
 
 def account_is_owner(*, user: User, account: Account) -> bool:
@@ -220,14 +296,27 @@ def login_with_magic_link(
 
 @transaction.atomic
 def account_delete(*, user: User) -> None:
-    """Delete the person and every account they own, with all it holds.
+    """Delete the person and every account they alone own, with all it holds.
 
     Keys, caps, usage and audit rows hang off Account with on_delete=CASCADE, so
-    deleting the account removes them; team accounts the person only belongs to stay.
+    deleting the account removes them. Team accounts the person only belongs to, or
+    owns together with another owner, stay (minus this person's membership).
     """
-    owned = Account.objects.filter(memberships__user=user, memberships__role=Membership.Role.OWNER)
-    Account.objects.filter(pk__in=list(owned.values_list("pk", flat=True))).delete()
+    Account.objects.filter(pk__in=solely_owned_account_ids(user=user)).delete()
     user.delete()
+
+
+def solely_owned_account_ids(*, user: User) -> list[int]:
+    """Accounts where `user` is the only owner: deleting the user deletes these."""
+    owned = Membership.objects.filter(user=user, role=Membership.Role.OWNER).values_list(
+        "account_id", flat=True
+    )
+    co_owned = (
+        Membership.objects.filter(account_id__in=owned, role=Membership.Role.OWNER)
+        .exclude(user=user)
+        .values_list("account_id", flat=True)
+    )
+    return list(set(owned) - set(co_owned))
 
 
 def unused_signups_delete(*, older_than: dt.timedelta = dt.timedelta(days=7)) -> int:

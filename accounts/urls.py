@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import include, path, re_path
 
-from . import views
+from . import views, views_team
 
 urlpatterns = [
     # Ours first: the same paths and names as allauth's, so Django resolves to these.
@@ -15,6 +15,25 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("account/settings/", views.account_settings, name="account_settings"),
     path("account/delete/", views.account_delete, name="account_delete"),
+    path("account/switch/", views_team.account_switch_view, name="account_switch"),
+    path("account/team/", views_team.team_page, name="team"),
+    path("account/team/invite/", views_team.team_invite, name="team_invite"),
+    path(
+        "account/team/invitations/<uuid:public_id>/revoke/",
+        views_team.invitation_revoke,
+        name="team_invitation_revoke",
+    ),
+    path(
+        "account/team/members/<uuid:public_id>/role/",
+        views_team.member_role,
+        name="team_member_role",
+    ),
+    path(
+        "account/team/members/<uuid:public_id>/remove/",
+        views_team.member_remove,
+        name="team_member_remove",
+    ),
+    path("account/team/leave/", views_team.team_leave, name="team_leave"),
     # Before admin.site.urls (included later in the root URLconf), so it wins.
     path("admin/login/", views.admin_login, name="admin_login_redirect"),
 ]

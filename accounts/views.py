@@ -4,6 +4,8 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
@@ -15,6 +17,8 @@ from django_htmx.http import HttpResponseClientRedirect
 from . import services
 from .forms import DeleteAccountForm, LoginForm, TimezoneForm
 from .http import AuthedRequest
+from .models import Account
+from .team import team_invites_accept_on_login
 
 
 @never_cache
@@ -61,6 +65,9 @@ def magic_link(request: HttpRequest, token: str) -> HttpResponse:
     if user is None:
         return render(request, "accounts/magic_link.html", {"invalid": True}, status=410)
     if request.user.is_authenticated and request.user.pk == user.pk:
+        # Already signed in here (e.g. an invitation opened in the same browser): no
+        # sign-in happens, so accept the address's open invitations now.
+        team_invites_accept_on_login(request=request, user=user)
         return redirect(next_url or settings.LOGIN_REDIRECT_URL)
     if request.method == "POST" or services.is_asking_browser(request=request, user=user):
         response = services.login_with_magic_link(request=request, token=token, next_url=next_url)
@@ -106,7 +113,11 @@ def admin_login(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def account_settings(request: AuthedRequest) -> HttpResponse:
-    account = services.account_for_user(request.user)
+    account = services.account_for_request(request)
+    is_owner = services.account_is_owner(user=request.user, account=account)
+    if request.method == "POST" and not is_owner:
+        # The time zone moves every cap's reset for the whole team: an owner's call.
+        raise PermissionDenied("Only an owner can change the account's time zone.")
     form = TimezoneForm(request.POST or None, initial={"timezone": account.timezone})
     if request.method == "POST" and form.is_valid():
         services.account_set_timezone(account=account, timezone_name=form.cleaned_data["timezone"])
@@ -124,6 +135,7 @@ def account_settings(request: AuthedRequest) -> HttpResponse:
         {
             "form": form,
             "timezone_names": services.timezone_names(),
+            "is_owner": is_owner,
         },
     )
 
@@ -137,4 +149,9 @@ def account_delete(request: AuthedRequest) -> HttpResponse:
         logout(request)
         messages.success(request, "Your account and everything in it has been deleted.")
         return redirect("landing")
-    return render(request, "accounts/delete.html", {"form": form})
+    # Accounts this person alone owns go with them, members included: say so first.
+    doomed = Account.objects.filter(
+        pk__in=services.solely_owned_account_ids(user=request.user)
+    ).annotate(people=Count("memberships"))
+    teams = [a for a in doomed if a.people > 1]  # type: ignore[attr-defined]
+    return render(request, "accounts/delete.html", {"form": form, "teams": teams})

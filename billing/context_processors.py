@@ -10,11 +10,11 @@ def billing_notice(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"billing_notice": None}
-    from accounts.services import account_for_user
+    from accounts.services import account_for_request
 
     from .models import BillingNotice
 
-    account = account_for_user(user)  # type: ignore[arg-type]
+    account = account_for_request(request)
     notice = (
         BillingNotice.objects.filter(account=account, dismissed_at__isnull=True)
         .order_by("-created_at")

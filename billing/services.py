@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Account, Membership
+from accounts.team import team_members_restore, team_members_suspend
 from budgets.models import Cap, DailyUsage, UsageRecord
 from budgets.services import caps_changed
 from keys.models import ApiKey, ProviderKey
@@ -337,6 +338,15 @@ def plan_limits_enforce(*, account: Account) -> list[str]:
                 f"{micros_format(cap.limit_micros)} to {micros_format(limit)}."
             )
         Cap.objects.filter(account=account, limit_micros__gt=limit).update(limit_micros=limit)
+
+    if not ent.team_members:
+        # Members are kept (not deleted) but lose access until the account is Team again.
+        suspended = team_members_suspend(account=account)
+        if suspended:
+            changes.append(
+                f"Team members lost access (the {ent.plan.title()} plan has no team "
+                f"members): {', '.join(suspended)}. Upgrading to Team again restores them."
+            )
     return changes
 
 
@@ -358,6 +368,7 @@ def plan_limits_restore(*, account: Account) -> list[str]:
         if disabled:
             model.objects.filter(pk__in=[k.pk for k in disabled]).update(disabled_at=None)  # type: ignore[attr-defined]
             restored.extend(str(k) for k in disabled)
+    restored.extend(team_members_restore(account=account))
     return [f"Re-enabled: {', '.join(restored)}."] if restored else []
 
 

@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from accounts.models import Account
-from accounts.services import account_for_user, account_is_owner, safe_next_url
+from accounts.services import account_for_request, account_is_owner, safe_next_url
 from keys.models import ApiKey, ProviderKey
 
 from . import selectors, services, standin
@@ -31,7 +31,7 @@ from .webhooks import WebhookRejected, lemonsqueezy_webhook_receive, razorpay_we
 
 
 def _account(request: HttpRequest) -> Account:
-    return account_for_user(request.user)  # type: ignore[arg-type]
+    return account_for_request(request)
 
 
 def _owned_account(request: HttpRequest) -> Account:

@@ -240,6 +240,12 @@ ACCOUNT_RATE_LIMITS = {
         f"{env_str('LOGIN_MAIL_RATE_PER_EMAIL', '5/15m')}/key"
     ),
     "confirm_login_code": "10/m/ip",
+    # Team invitations mail arbitrary addresses: per inviting user, and per invited
+    # address across all accounts (so nobody is flooded with invitations).
+    "team_invite": (
+        f"{env_str('TEAM_INVITE_RATE_PER_USER', '20/h')}/user,"
+        f"{env_str('TEAM_INVITE_RATE_PER_EMAIL', '3/d')}/key"
+    ),
 }
 # The client IP for those limits: REMOTE_ADDR, or the address this many proxies back in
 # X-Forwarded-For when running behind a reverse proxy.
@@ -251,6 +257,9 @@ MAGIC_LINK_MAX_AGE = 15 * 60
 SESAME_MAX_AGE = MAGIC_LINK_MAX_AGE
 SESAME_ONE_TIME = True
 SESAME_TOKEN_NAME = "token"  # noqa: S105 - the query parameter's name, not a secret
+# How long a team invitation stays open. The sign-in link inside the mail still lasts
+# MAGIC_LINK_MAX_AGE; after that, any sign-in as the invited address accepts it.
+TEAM_INVITE_MAX_AGE_DAYS = env_int("TEAM_INVITE_MAX_AGE_DAYS", 7)
 
 # Landing-page waitlist: at most this many sign-ups per IP per window.
 WAITLIST_RATE_LIMIT = env_int("WAITLIST_RATE_LIMIT", 5)

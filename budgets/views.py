@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -19,7 +20,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.http import AuthedRequest
 from accounts.models import Account
-from accounts.services import account_for_user
+from accounts.services import account_for_request, account_is_owner
 from keys.models import ApiKey, ProviderKey
 from keys.services import KeyServiceError, api_key_create, api_key_set_paused, provider_key_add
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def _account(request: AuthedRequest) -> Account:
     """The signed-in account, with its time zone active for every date we render."""
-    account = account_for_user(request.user)
+    account = account_for_request(request)
     timezone.activate(account.tz)
     return account
 
@@ -120,6 +121,7 @@ def dashboard(request: AuthedRequest) -> HttpResponse:
         "page": page,
         "has_more": has_more,
         "window": snapshot.window,
+        "is_owner": account_is_owner(user=request.user, account=account),
     }
     return render(request, "budgets/dashboard.html", context)
 
@@ -185,7 +187,11 @@ def account_pause(request: AuthedRequest) -> HttpResponse:
 @login_required
 @require_POST
 def account_resume(request: AuthedRequest) -> HttpResponse:
+    """Any member may pull the account-wide kill-switch (an emergency stop); only an owner
+    may release it, since resuming lets the whole team's spend flow again."""
     account = _account(request)
+    if not account_is_owner(user=request.user, account=account):
+        raise PermissionDenied("Only an owner of the account can resume it.")
     account_set_paused(account=account, actor=request.user, paused=False)
     messages.success(request, "Account resumed.")
     return _back(request)

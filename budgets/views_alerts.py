@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -13,8 +13,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from accounts.models import Account, User
-from accounts.services import account_for_user
+from accounts.models import Account
+from accounts.services import account_for_request
 from keys.models import ApiKey
 
 from . import alerts
@@ -23,7 +23,7 @@ from .models import MICROS_PER_USD, AlertChannel, SpikeBreaker
 
 
 def _account(request: HttpRequest) -> Account:
-    return account_for_user(cast(User, request.user))
+    return account_for_request(request)
 
 
 def _page(

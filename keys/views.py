@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.http import AuthedRequest
 from accounts.models import Account
-from accounts.services import account_for_user
+from accounts.services import account_for_request
 
 from . import selectors, services
 from .forms import ApiKeyForm, ProviderKeyForm
@@ -30,7 +30,7 @@ TEMPLATE = "keys/index.html"
 
 
 def _account(request: AuthedRequest) -> Account:
-    return account_for_user(request.user)
+    return account_for_request(request)
 
 
 def _context(
