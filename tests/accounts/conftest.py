@@ -69,3 +69,18 @@ def signed_in_email(client: Client) -> str | None:
     if user_id is None:
         return None
     return User.objects.get(pk=user_id).email
+
+
+@pytest.fixture
+def on_team(owner):  # type: ignore[no-untyped-def]
+    """The owner's account on the Team plan (an active subscription)."""
+    from tests.billing.factories import subscription
+
+    return subscription(owner.account, plan="team")
+
+
+def acting_account_id(client: Client) -> str | None:
+    """The account public id the switcher stored in this browser's session."""
+    from accounts.services import ACTING_ACCOUNT_SESSION_KEY
+
+    return client.session.get(ACTING_ACCOUNT_SESSION_KEY)
