@@ -76,9 +76,9 @@ def _refused(request: AuthedRequest, account: Account, exc: team.TeamError) -> H
     return redirect("team")
 
 
-def _membership(account: Account, public_id: uuid.UUID) -> Membership:
+def _membership(account: Account, **lookup: Any) -> Membership:
     return get_object_or_404(
-        Membership.objects.select_related("account", "user"), account=account, public_id=public_id
+        Membership.objects.select_related("account", "user"), account=account, **lookup
     )
 
 
@@ -129,7 +129,7 @@ def invitation_revoke(request: AuthedRequest, public_id: uuid.UUID) -> HttpRespo
 @require_POST
 def member_role(request: AuthedRequest, public_id: uuid.UUID) -> HttpResponse:
     account = account_for_request(request)
-    membership = _membership(account, public_id)
+    membership = _membership(account, public_id=public_id)
     form = RoleForm(request.POST)
     if not form.is_valid():
         return _refused(request, account, team.TeamError("Choose owner or member."))
@@ -147,7 +147,7 @@ def member_role(request: AuthedRequest, public_id: uuid.UUID) -> HttpResponse:
 @require_POST
 def member_remove(request: AuthedRequest, public_id: uuid.UUID) -> HttpResponse:
     account = account_for_request(request)
-    membership = _membership(account, public_id)
+    membership = _membership(account, public_id=public_id)
     if membership.user_id == request.user.pk:
         return team_leave(request)
     try:
@@ -161,7 +161,7 @@ def member_remove(request: AuthedRequest, public_id: uuid.UUID) -> HttpResponse:
 @require_POST
 def team_leave(request: AuthedRequest) -> HttpResponse:
     account = account_for_request(request)
-    membership = _membership_of_user(request, account)
+    membership = _membership(account, user=request.user)
     try:
         team.member_remove(membership=membership, actor=request.user)
     except team.TeamError as exc:
@@ -171,12 +171,6 @@ def team_leave(request: AuthedRequest) -> HttpResponse:
     if request.htmx:
         return HttpResponseClientRedirect(target)
     return redirect(target)
-
-
-def _membership_of_user(request: AuthedRequest, account: Account) -> Membership:
-    return get_object_or_404(
-        Membership.objects.select_related("account", "user"), account=account, user=request.user
-    )
 
 
 @login_required
