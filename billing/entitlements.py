@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.utils import timezone
+
 from accounts.models import Account
 
 
@@ -30,9 +32,35 @@ PLANS: dict[str, Entitlements] = {
 }
 
 
+PLAN_ORDER = ("free", "pro", "team")
+
+# Statuses in which a paid subscription grants its plan. PENDING keeps it while the
+# provider retries a failed renewal; HALTED and later take it away.
+GRANTING_STATUSES = frozenset({"authenticated", "active", "pending"})
+
+
+def plan_rank(plan: str) -> int:
+    return PLAN_ORDER.index(plan)
+
+
 def plan_for(account: Account) -> str:
-    """The account's current plan code. Billing replaces this with the subscription state."""
-    return "free"
+    """The account's current plan code, read from its subscriptions (free when none grants).
+
+    Read on every check (no caching) so a plan change applies at once.
+    """
+    from .models import Subscription
+
+    now = timezone.now()
+    best = "free"
+    rows = Subscription.objects.filter(account=account, status__in=GRANTING_STATUSES).values_list(
+        "plan", "cancel_at_period_end", "current_period_end"
+    )
+    for plan, cancelling, period_end in rows:
+        if cancelling and period_end is not None and period_end <= now:
+            continue  # cancelled at period end, and the period has ended
+        if plan in PLANS and plan_rank(plan) > plan_rank(best):
+            best = plan
+    return best
 
 
 def entitlements_for(account: Account) -> Entitlements:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 
 from .env import env_bool, env_int, env_list, env_str, load_secret
@@ -77,6 +79,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "accounts.context_processors.account",
+                "billing.context_processors.billing_notice",
             ],
         },
     },
@@ -104,10 +107,13 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
-    # A file, not SQLite's in-memory default: the proxy tests serve the test database from
-    # a uvicorn subprocess, which must see what the test wrote.
+    # Tests use a file too (not the shared-cache in-memory database, whose table locks
+    # fail at once instead of waiting): concurrency tests then see what a real run sees.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Covering indexes (Index(include=...)) speed up the dashboard on PostgreSQL; SQLite
+# builds them as plain indexes, which is fine for the embedded default.
+SILENCED_SYSTEM_CHECKS = ["models.W040"]
 
 # --- Redis, cache, Celery ---------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
@@ -167,6 +173,29 @@ LEDGER_CONFIG_CACHE_SECONDS = env_int("LEDGER_CONFIG_CACHE_SECONDS", 60)
 
 # Every periodic task of the product, in one place.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "accounts-delete-unused-signups": {
+        "task": "accounts.delete_unused_signups",
+        "schedule": crontab(hour=3, minute=47),
+    },
+    # Usage history beyond each plan's retention (7 days Free, 90 paid) goes nightly.
+    "billing-usage-history-purge": {
+        "task": "billing.tasks.usage_history_purge",
+        "schedule": crontab(hour=3, minute=17),
+    },
+    # Subscriptions cancelled at period end lapse on time even if the provider's
+    # webhook is late: plan_for() already answers "free", this applies the downgrade.
+    "billing-subscriptions-lapse": {
+        "task": "billing.tasks.subscriptions_lapse",
+        "schedule": crontab(minute=7),
+    },
+    # Dashboard rollups: today's numbers at most a minute stale ...
+    "budgets-rollup-recent": {"task": "budgets.rollup_recent", "schedule": 60.0},
+    # ... and each account's previous local day closed once after its midnight (the task
+    # picks the accounts whose local hour is 0, so every time zone gets its turn).
+    "budgets-rollup-yesterday": {
+        "task": "budgets.rollup_yesterday",
+        "schedule": crontab(minute=5),
+    },
     "budgets-sweep-expired-reservations": {
         "task": "budgets.tasks.sweep_expired_reservations",
         "schedule": float(LEDGER_SWEEP_INTERVAL_SECONDS),
@@ -201,9 +230,18 @@ ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
 ACCOUNT_RATE_LIMITS = {
     "login": "30/m/ip",
     "login_failed": "10/m/ip,5/5m/key",
-    "request_login_code": "10/h/ip,5/15m/key",
+    "request_login_code": (
+        f"{env_str('LOGIN_MAIL_RATE_PER_IP', '20/h')}/ip,"
+        f"{env_str('LOGIN_MAIL_RATE_PER_EMAIL', '5/15m')}/key"
+    ),
     "confirm_login_code": "10/m/ip",
 }
+# The client IP for those limits: REMOTE_ADDR, or the address this many proxies back in
+# X-Forwarded-For when running behind a reverse proxy.
+ALLAUTH_TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1 if env_bool("BEHIND_PROXY") else 0)
+# Our subjects say what the mail is ("Your BudgetLLM sign-in link"); no "[site] " prefix.
+ACCOUNT_EMAIL_SUBJECT_PREFIX = ""
+ACCOUNT_LOGOUT_ON_GET = False
 MAGIC_LINK_MAX_AGE = 15 * 60
 SESAME_MAX_AGE = MAGIC_LINK_MAX_AGE
 SESAME_ONE_TIME = True
@@ -211,7 +249,7 @@ SESAME_TOKEN_NAME = "token"  # noqa: S105 - the query parameter's name, not a se
 
 # --- Email -------------------------------------------------------------------------------
 # Console by default: magic links appear in the terminal that runs `make run`.
-EMAIL_BACKEND_PATH = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_BACKEND_PATH = env_str("EMAIL_BACKEND", "accounts.mail.ConsoleBackend")
 _smtp_options: dict[str, object] = {}
 if EMAIL_BACKEND_PATH.endswith("smtp.EmailBackend"):
     _smtp_options = {
@@ -221,6 +259,9 @@ if EMAIL_BACKEND_PATH.endswith("smtp.EmailBackend"):
         "password": env_str("EMAIL_HOST_PASSWORD"),
         "use_tls": env_bool("EMAIL_USE_TLS", True),
     }
+elif EMAIL_BACKEND_PATH.endswith("filebased.EmailBackend"):
+    # One file per message in a folder: the browser tests read magic links from it.
+    _smtp_options = {"file_path": env_str("EMAIL_FILE_PATH", str(DATA_DIR / "mail"))}
 MAILERS = {"default": {"BACKEND": EMAIL_BACKEND_PATH, "OPTIONS": _smtp_options}}
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "BudgetLLM <noreply@budgetllm.local>")
 
@@ -247,6 +288,44 @@ PROXY_CACHE_WAIT_SECONDS = env_int("PROXY_CACHE_WAIT_SECONDS", 120)
 # Extra request headers passed on to the provider (besides OpenAI-Organization/-Project/
 # -Beta), comma separated; e.g. an OpenAI-compatible upstream's own headers.
 PROXY_FORWARD_HEADERS = env_list("PROXY_FORWARD_HEADERS")
+
+# --- Plans and billing ------------------------------------------------------------------
+# Razorpay (India, INR). Prices are integer paise and must match the plans created in
+# the Razorpay dashboard; they are shown on the billing page, Razorpay charges the plan.
+RAZORPAY_KEY_ID = env_str("RAZORPAY_KEY_ID")
+RAZORPAY_KEY_SECRET = env_str("RAZORPAY_KEY_SECRET")
+# The secret typed into the Razorpay dashboard's webhook form: NOT the API key secret.
+RAZORPAY_WEBHOOK_SECRET = env_str("RAZORPAY_WEBHOOK_SECRET")
+RAZORPAY_PLAN_PRO = env_str("RAZORPAY_PLAN_PRO")
+RAZORPAY_PLAN_TEAM = env_str("RAZORPAY_PLAN_TEAM")
+RAZORPAY_PRICE_PRO_PAISE = env_int("RAZORPAY_PRICE_PRO_PAISE", 159_900)
+RAZORPAY_PRICE_TEAM_PAISE = env_int("RAZORPAY_PRICE_TEAM_PAISE", 409_900)
+# Billing cycles a Razorpay subscription runs for before it completes (120 = 10 years).
+RAZORPAY_TOTAL_COUNT = env_int("RAZORPAY_TOTAL_COUNT", 120)
+# LemonSqueezy (international, USD). Variant ids are the numeric ids webhooks carry.
+LEMONSQUEEZY_STORE_URL = env_str("LEMONSQUEEZY_STORE_URL").rstrip("/")
+LEMONSQUEEZY_VARIANT_PRO = env_str("LEMONSQUEEZY_VARIANT_PRO")
+LEMONSQUEEZY_VARIANT_TEAM = env_str("LEMONSQUEEZY_VARIANT_TEAM")
+LEMONSQUEEZY_WEBHOOK_SECRET = env_str("LEMONSQUEEZY_WEBHOOK_SECRET")
+LEMONSQUEEZY_PRICE_PRO_CENTS = env_int("LEMONSQUEEZY_PRICE_PRO_CENTS", 1_900)
+LEMONSQUEEZY_PRICE_TEAM_CENTS = env_int("LEMONSQUEEZY_PRICE_TEAM_CENTS", 4_900)
+# Development/test stand-in for both checkouts: no call leaves the machine and a
+# stand-in widget posts the same signed result to the same server path.
+BILLING_CHECKOUT_STANDIN = env_bool("BILLING_CHECKOUT_STANDIN", False)
+if BILLING_CHECKOUT_STANDIN and not DEBUG:
+    # The stand-in signs "payments" with a test secret: in production it would hand
+    # out paid plans for free.
+    raise ImproperlyConfigured("BILLING_CHECKOUT_STANDIN=true is refused when DEBUG is off.")
+if BILLING_CHECKOUT_STANDIN:
+    # Fixed test credentials so the stand-in signs exactly what Razorpay would.
+    RAZORPAY_KEY_ID = RAZORPAY_KEY_ID or "rzp_test_standin"
+    RAZORPAY_KEY_SECRET = RAZORPAY_KEY_SECRET or "standin_key_secret"  # noqa: S105
+    RAZORPAY_WEBHOOK_SECRET = RAZORPAY_WEBHOOK_SECRET or "standin_webhook_secret"  # noqa: S105
+    RAZORPAY_PLAN_PRO = RAZORPAY_PLAN_PRO or "plan_StandinPro0001"
+    RAZORPAY_PLAN_TEAM = RAZORPAY_PLAN_TEAM or "plan_StandinTeam001"
+    LEMONSQUEEZY_VARIANT_PRO = LEMONSQUEEZY_VARIANT_PRO or "111111"
+    LEMONSQUEEZY_VARIANT_TEAM = LEMONSQUEEZY_VARIANT_TEAM or "222222"
+    LEMONSQUEEZY_WEBHOOK_SECRET = LEMONSQUEEZY_WEBHOOK_SECRET or "standin_ls_secret"  # noqa: S105
 
 # --- i18n, static ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

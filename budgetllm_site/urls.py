@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path, re_path
+from django.views.generic.base import RedirectView
 from django.views.static import serve
 
 from proxy import ops
@@ -10,6 +12,7 @@ from proxy import ops
 urlpatterns = [
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("", include("accounts.urls")),
     path("keys/", include("keys.urls")),
     path("", include("budgets.urls")),

@@ -282,7 +282,7 @@ class SqlLedger(Ledger):
                 except _Race:
                     continue
                 except _Refusal as refusal:
-                    self._mark_refused(refusal.key, refusal.limit)
+                    self._mark_refused(account_id, refusal.key, refusal.limit)
                     return refusal.outcome
         except DatabaseError as exc:
             raise LedgerError("the database") from exc
@@ -301,14 +301,15 @@ class SqlLedger(Ledger):
         now = timezone.now()
         keys = [c.key for c in counters]
         with transaction.atomic():
+            # Every lock in key order (the inserts of new rows too), so two reservations
+            # sharing counters cannot deadlock.
             SpendCounter.objects.bulk_create(
                 [
                     SpendCounter(account_id=account_id, key=c.key, window_start=c.window_start)
-                    for c in counters
+                    for c in sorted(counters, key=lambda c: c.key)
                 ],
                 ignore_conflicts=True,
             )
-            # Lock in key order so two reservations sharing counters cannot deadlock.
             # (SQLite ignores FOR UPDATE; its IMMEDIATE transaction already serialises.)
             state = {
                 row.key: row
@@ -377,10 +378,15 @@ class SqlLedger(Ledger):
             remaining_micros=None if tightest is None else tight_rem - amount,
         )
 
-    def _mark_refused(self, key: str, limit: int) -> None:
+    def _mark_refused(self, account_id: int, key: str, limit: int) -> None:
         from .models import SpendCounter
 
-        SpendCounter.objects.filter(key=key).update(refused_limit_micros=limit)
+        # The refusal rolled the reserve back, possibly with the counter's first row.
+        with transaction.atomic():
+            SpendCounter.objects.bulk_create(
+                [SpendCounter(account_id=account_id, key=key)], ignore_conflicts=True
+            )
+            SpendCounter.objects.filter(key=key).update(refused_limit_micros=limit)
 
     def settle(
         self, *, reservation_id: str, cost_micros: int, record: dict[str, Any] | None
@@ -410,6 +416,13 @@ class SqlLedger(Ledger):
             if res.settled_at is not None:
                 return False
             charged = res.amount_micros if full else max(cost_micros, 0)
+            # Lock in key order, as reserve does (deadlock freedom).
+            list(
+                SpendCounter.objects.select_for_update()
+                .filter(key__in=res.counter_keys)
+                .order_by("key")
+                .values_list("id", flat=True)
+            )
             SpendCounter.objects.filter(key__in=res.counter_keys).update(
                 reserved_micros=F("reserved_micros") - res.amount_micros,
                 spent_micros=F("spent_micros") + charged,

@@ -90,6 +90,17 @@ class UsageRecord(models.Model):
                 name="usage_account_run",
                 condition=~models.Q(run_id=""),
             ),
+            # The per-minute rollup finds the accounts with recent usage
+            # (budgets.rollups.accounts_with_usage_since): a scan across accounts by time.
+            models.Index(fields=["created_at"], name="usage_created"),
+            # Dashboard "top runs this month" (budgets.selectors.top_runs): a window of one
+            # account's tagged requests; INCLUDE lets PostgreSQL answer from the index alone.
+            models.Index(
+                fields=["account", "created_at"],
+                include=["run_id", "cost_micros", "saved_micros"],
+                name="usage_account_run_window",
+                condition=~models.Q(run_id=""),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -12,14 +12,14 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.middleware import HtmxDetails
 
-from accounts.models import Account, User
+from accounts.http import AuthedRequest
+from accounts.models import Account
 from accounts.services import account_for_user
 
 from . import selectors, services
@@ -27,13 +27,6 @@ from .forms import ApiKeyForm, ProviderKeyForm
 from .models import ApiKey, ProviderKey
 
 TEMPLATE = "keys/index.html"
-
-
-class AuthedRequest(HttpRequest):
-    """A request behind login_required, with django-htmx's details attached."""
-
-    user: User
-    htmx: HtmxDetails
 
 
 def _account(request: AuthedRequest) -> Account:

@@ -1,0 +1,385 @@
+"""Reads behind the dashboard and caps pages, all scoped to one account.
+
+Past days come from DailyUsage (the rollup); the current local day is aggregated live
+from UsageRecord over one indexed time window, so header numbers and today's bar are
+never stale, whatever the beat schedule is doing. Every figure is in micro-dollars and
+every window is in the account's time zone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from accounts.models import Account
+from keys.models import ApiKey
+
+from .models import Cap, DailyUsage, UsageRecord
+from .display import percent
+from .rollups import local_day_bounds
+
+CHART_PERIODS = (7, 30, 90)
+DEFAULT_CHART_DAYS = 30
+RECENT_PAGE_SIZE = 25
+
+
+@dataclass(frozen=True)
+class Window:
+    """The account's local calendar around `now`."""
+
+    tz_name: str
+    now: dt.datetime
+    today: dt.date
+    today_start: dt.datetime
+    tomorrow_start: dt.datetime
+    month_first: dt.date
+    next_month_start: dt.datetime
+
+    @classmethod
+    def for_account(cls, account: Account, now: dt.datetime | None = None) -> Window:
+        now = now or timezone.now()
+        tz = account.tz
+        today = now.astimezone(tz).date()
+        start, end = local_day_bounds(tz, today)
+        month_first = today.replace(day=1)
+        next_first = (month_first + dt.timedelta(days=32)).replace(day=1)
+        return cls(
+            tz_name=account.timezone,
+            now=now,
+            today=today,
+            today_start=start,
+            tomorrow_start=end,
+            month_first=month_first,
+            next_month_start=dt.datetime.combine(next_first, dt.time.min, tzinfo=tz),
+        )
+
+
+@dataclass
+class Totals:
+    cost_micros: int = 0
+    saved_micros: int = 0
+    requests: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def add(self, other: Totals) -> None:
+        self.cost_micros += other.cost_micros
+        self.saved_micros += other.saved_micros
+        self.requests += other.requests
+        self.cache_hits += other.cache_hits
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+
+    @property
+    def hit_rate(self) -> int:
+        return percent(self.cache_hits, self.requests)
+
+
+Bucket = tuple[int, str]  # (api key id or 0, model)
+
+
+@dataclass
+class UsageSnapshot:
+    """Today's and this month's usage per (key, model): two queries feed every header
+    number, both breakdown tables and the cap progress."""
+
+    window: Window
+    today: dict[Bucket, Totals] = field(default_factory=dict)
+    month: dict[Bucket, Totals] = field(default_factory=dict)
+
+    def total(self, which: str) -> Totals:
+        out = Totals()
+        for t in getattr(self, which).values():
+            out.add(t)
+        return out
+
+
+def _totals_from(row: dict[str, Any]) -> Totals:
+    return Totals(
+        cost_micros=row["cost"] or 0,
+        saved_micros=row["saved"] or 0,
+        requests=row["n"] or 0,
+        cache_hits=row["hits"] or 0,
+        input_tokens=row["tin"] or 0,
+        output_tokens=row["tout"] or 0,
+    )
+
+
+def _today_live(account: Account, window: Window) -> dict[Bucket, Totals]:
+    rows = (
+        UsageRecord.objects.filter(
+            account=account,
+            created_at__gte=window.today_start,
+            created_at__lt=window.tomorrow_start,
+        )
+        .values("api_key_id", "model")
+        .annotate(
+            cost=Sum("cost_micros"),
+            saved=Sum("saved_micros"),
+            n=Count("id"),
+            hits=Count("id", filter=Q(cache_status=UsageRecord.CacheStatus.HIT)),
+            tin=Sum("input_tokens"),
+            tout=Sum("output_tokens"),
+        )
+        .order_by()
+    )
+    out: dict[Bucket, Totals] = defaultdict(Totals)
+    for row in rows:
+        out[(row["api_key_id"] or 0, row["model"])].add(_totals_from(row))
+    return dict(out)
+
+
+def usage_snapshot(*, account: Account, now: dt.datetime | None = None) -> UsageSnapshot:
+    window = Window.for_account(account, now)
+    today = _today_live(account, window)
+    rows = (
+        DailyUsage.objects.filter(
+            account=account, day__gte=window.month_first, day__lt=window.today
+        )
+        .values("api_key_id_or_zero", "model")
+        .annotate(
+            cost=Sum("cost_micros"),
+            saved=Sum("saved_micros"),
+            n=Sum("requests"),
+            hits=Sum("cache_hits"),
+            tin=Sum("input_tokens"),
+            tout=Sum("output_tokens"),
+        )
+        .order_by()
+    )
+    month: dict[Bucket, Totals] = defaultdict(Totals)
+    for row in rows:
+        month[(row["api_key_id_or_zero"], row["model"])].add(_totals_from(row))
+    for bucket, totals in today.items():
+        month[bucket].add(totals)
+    return UsageSnapshot(window=window, today=today, month=dict(month))
+
+
+# --- Caps against spend -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CapProgress:
+    cap: Cap
+    spent_micros: int
+    resets_at: dt.datetime | None
+
+    @property
+    def percent(self) -> int:
+        return percent(self.spent_micros, self.cap.limit_micros) if self.cap.limit_micros else 100
+
+    @property
+    def bar_percent(self) -> int:
+        return min(self.percent, 100)
+
+    @property
+    def level(self) -> str:
+        """CSS level of the progress bar: amber from 80 %, red from 100 %."""
+        if self.percent >= 100:
+            return "bad"
+        if self.percent >= 80:
+            return "warn"
+        return "ok"
+
+    @property
+    def reached(self) -> bool:
+        return self.spent_micros >= self.cap.limit_micros
+
+    @property
+    def label(self) -> str:
+        return cap_label(self.cap)
+
+
+def cap_label(cap: Cap) -> str:
+    period = {"day": "Daily", "month": "Monthly", "run": "Per-run"}[cap.period]
+    if cap.scope == Cap.Scope.ACCOUNT:
+        return f"{period} account cap"
+    if cap.scope == Cap.Scope.KEY:
+        return f"{period} cap on key “{cap.api_key.name if cap.api_key else '?'}”"
+    if cap.scope == Cap.Scope.MODEL:
+        where = f" on key “{cap.api_key.name}”" if cap.api_key else ""
+        return f"{period} cap on model {cap.model}{where}"
+    where = f" of key “{cap.api_key.name}”" if cap.api_key else ""
+    return f"{period} cap{where}"
+
+
+def _cap_matches(cap: Cap, bucket: Bucket) -> bool:
+    key_id, model = bucket
+    if cap.scope == Cap.Scope.ACCOUNT:
+        return True
+    if cap.scope == Cap.Scope.KEY:
+        return key_id == cap.api_key_id
+    if cap.scope == Cap.Scope.MODEL:
+        return model == cap.model and (cap.api_key_id is None or key_id == cap.api_key_id)
+    return False
+
+
+def cap_progress(*, account: Account, snapshot: UsageSnapshot) -> list[CapProgress]:
+    """Every cap of the account with what its current window has recorded."""
+    caps = Cap.objects.filter(account=account).select_related("api_key").order_by(
+        "scope", "period", "model", "created_at"
+    )
+    out = []
+    for cap in caps:
+        if cap.period == Cap.Period.DAY:
+            buckets, resets = snapshot.today, snapshot.window.tomorrow_start
+        elif cap.period == Cap.Period.MONTH:
+            buckets, resets = snapshot.month, snapshot.window.next_month_start
+        else:
+            out.append(CapProgress(cap=cap, spent_micros=0, resets_at=None))
+            continue
+        spent = sum(t.cost_micros for b, t in buckets.items() if _cap_matches(cap, b))
+        out.append(CapProgress(cap=cap, spent_micros=spent, resets_at=resets))
+    return out
+
+
+# --- Header ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    today: Totals
+    month: Totals
+    day_cap: CapProgress | None
+    month_cap: CapProgress | None
+
+
+def header_numbers(*, snapshot: UsageSnapshot, caps: list[CapProgress]) -> Header:
+    def account_cap(period: str) -> CapProgress | None:
+        for p in caps:
+            if p.cap.scope == Cap.Scope.ACCOUNT and p.cap.period == period:
+                return p
+        return None
+
+    return Header(
+        today=snapshot.total("today"),
+        month=snapshot.total("month"),
+        day_cap=account_cap(Cap.Period.DAY),
+        month_cap=account_cap(Cap.Period.MONTH),
+    )
+
+
+# --- Breakdown tables -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    totals: Totals
+    public_id: str = ""
+
+
+def _key_names(account: Account) -> dict[int, ApiKey]:
+    return {k.pk: k for k in ApiKey.objects.filter(account=account)}
+
+
+def spend_by_key(*, account: Account, snapshot: UsageSnapshot) -> list[Row]:
+    keys = _key_names(account)
+    grouped: dict[int, Totals] = defaultdict(Totals)
+    for (key_id, _model), totals in snapshot.month.items():
+        grouped[key_id].add(totals)
+    rows = []
+    for key_id, totals in grouped.items():
+        key = keys.get(key_id)
+        rows.append(
+            Row(
+                label=key.name if key else "(deleted key)",
+                totals=totals,
+                public_id=str(key.public_id) if key else "",
+            )
+        )
+    return sorted(rows, key=lambda r: -r.totals.cost_micros)
+
+
+def spend_by_model(*, snapshot: UsageSnapshot) -> list[Row]:
+    grouped: dict[str, Totals] = defaultdict(Totals)
+    for (_key, model), totals in snapshot.month.items():
+        grouped[model].add(totals)
+    rows = [Row(label=model, totals=t) for model, t in grouped.items()]
+    return sorted(rows, key=lambda r: -r.totals.cost_micros)
+
+
+def top_runs(*, account: Account, window: Window, limit: int = 10) -> list[dict[str, Any]]:
+    """The month's most expensive agent runs (requests tagged with a run id)."""
+    month_start = dt.datetime.combine(
+        window.month_first, dt.time.min, tzinfo=window.today_start.tzinfo
+    )
+    return list(
+        UsageRecord.objects.filter(account=account, created_at__gte=month_start)
+        .exclude(run_id="")
+        .values("run_id")
+        .annotate(
+            cost=Sum("cost_micros"),
+            saved=Sum("saved_micros"),
+            n=Count("id"),
+        )
+        .order_by("-cost", "run_id")[:limit]
+    )
+
+
+def recent_requests(*, account: Account, page: int) -> tuple[list[UsageRecord], bool]:
+    """One page of the newest requests, and whether an older page exists (no COUNT over
+    millions of rows: fetch one extra)."""
+    offset = (page - 1) * RECENT_PAGE_SIZE
+    rows = list(
+        UsageRecord.objects.filter(account=account)
+        .select_related("api_key")
+        .order_by("-created_at", "-id")[offset : offset + RECENT_PAGE_SIZE + 1]
+    )
+    return rows[:RECENT_PAGE_SIZE], len(rows) > RECENT_PAGE_SIZE
+
+
+# --- Charts ---------------------------------------------------------------------------------
+
+
+def chart_data(
+    *, account: Account, days: int, snapshot: UsageSnapshot | None = None
+) -> dict[str, Any]:
+    """Spend per local day stacked by model, and $ saved per day, for the last `days`
+    days including today. Amounts in dollars (floats are for drawing only)."""
+    from .display import usd_float
+
+    window = snapshot.window if snapshot else Window.for_account(account)
+    first = window.today - dt.timedelta(days=days - 1)
+    labels = [first + dt.timedelta(days=i) for i in range(days)]
+    index = {d: i for i, d in enumerate(labels)}
+    by_model: dict[str, list[int]] = defaultdict(lambda: [0] * days)
+    saved = [0] * days
+    rows = (
+        DailyUsage.objects.filter(account=account, day__gte=first, day__lt=window.today)
+        .values("day", "model")
+        .annotate(cost=Sum("cost_micros"), saved=Sum("saved_micros"))
+        .order_by()
+    )
+    for row in rows:
+        i = index[row["day"]]
+        by_model[row["model"]][i] += row["cost"] or 0
+        saved[i] += row["saved"] or 0
+    today = snapshot.today if snapshot else _today_live(account, window)
+    last = days - 1
+    for (_key, model), totals in today.items():
+        by_model[model][last] += totals.cost_micros
+        saved[last] += totals.saved_micros
+    models_sorted = sorted(by_model, key=lambda m: -sum(by_model[m]))
+    total_cost = sum(sum(v) for v in by_model.values())
+    return {
+        "days": days,
+        "labels": [d.isoformat() for d in labels],
+        "spend": [
+            {"model": m, "usd": [usd_float(v) for v in by_model[m]]} for m in models_sorted
+        ],
+        "saved": [usd_float(v) for v in saved],
+        "total_cost_micros": total_cost,
+        "total_saved_micros": sum(saved),
+        "empty": total_cost == 0 and sum(saved) == 0,
+    }
+
+
+def has_usage(*, account: Account) -> bool:
+    return UsageRecord.objects.filter(account=account).exists()
