@@ -26,7 +26,10 @@ CAP_MICROS = 50_000  # $0.05
 
 @pytest.mark.parametrize("backend", ["redis", "sql"])
 def test_concurrent_requests_never_exceed_the_cap(
-    backend: str, tenant: Tenant, fake_openai: FakeOpenAI, settings  # type: ignore[no-untyped-def]
+    backend: str,
+    tenant: Tenant,
+    fake_openai: FakeOpenAI,
+    settings,  # type: ignore[no-untyped-def]
 ) -> None:
     if backend == "redis" and not settings.REDIS_URL:
         pytest.skip("the Redis ledger needs REDIS_URL (CI runs this on PostgreSQL + Redis)")
@@ -42,9 +45,7 @@ def test_concurrent_requests_never_exceed_the_cap(
         max_output_tokens=16384,
     )
     tenant.cap("0.05", scope=Cap.Scope.KEY, period=Cap.Period.DAY)
-    server = start_proxy(
-        server_env(fake_openai.base_url, LEDGER_BACKEND=backend), workers=2
-    )
+    server = start_proxy(server_env(fake_openai.base_url, LEDGER_BACKEND=backend), workers=2)
     try:
         outcomes = asyncio.run(fire(server.base_url, tenant.raw, requests=200, concurrency=50))
     finally:
