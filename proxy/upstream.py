@@ -35,6 +35,9 @@ def upstream_session() -> aiohttp.ClientSession:
         session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
+            # One session serves every tenant: it must never carry one tenant's provider
+            # cookies (load-balancer affinity and the like) into another's requests.
+            cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
             raise_for_status=False,
         )
