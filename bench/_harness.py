@@ -77,10 +77,23 @@ def start_proxy(env: dict[str, str], *, workers: int) -> tuple[subprocess.Popen[
     port = free_port()
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "uvicorn", "budgetllm_site.asgi:application",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-            "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-            "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "budgetllm_site.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
         ],
         cwd=ROOT,
         env=env,
@@ -100,9 +113,19 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def django_setup(env: dict[str, str]) -> None:
     """Configure Django in this process with the servers' settings (same DB and secrets)."""
-    for key in ("DEBUG", "SECRET_KEY", "VAULT_KEYS", "KEY_HASH_SECRET", "ALLOWED_HOSTS",
-                "SECURE_SSL_REDIRECT", "DATABASE_URL", "REDIS_URL", "LEDGER_BACKEND",
-                "DJANGO_SETTINGS_MODULE", "OPENAI_UPSTREAM_BASE_URL"):
+    for key in (
+        "DEBUG",
+        "SECRET_KEY",
+        "VAULT_KEYS",
+        "KEY_HASH_SECRET",
+        "ALLOWED_HOSTS",
+        "SECURE_SSL_REDIRECT",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "LEDGER_BACKEND",
+        "DJANGO_SETTINGS_MODULE",
+        "OPENAI_UPSTREAM_BASE_URL",
+    ):
         if key in env:
             os.environ[key] = env[key]
     sys.path.insert(0, str(ROOT))
@@ -114,8 +137,10 @@ def django_setup(env: dict[str, str]) -> None:
     call_command("migrate", verbosity=0)
 
 
-def make_tenant(*, email: str, caps_usd: dict[tuple[str, str], str], custom_price: dict[str, Any] | None = None) -> str:
-    """An account with a provider key, a bllm_ key and caps; returns the raw bllm_ key."""
+def make_tenant(
+    *, email: str, caps_usd: dict[tuple[str, str], str], custom_price: dict[str, Any] | None = None
+) -> tuple[str, Any]:
+    """An account with a provider key, a bllm_ key and caps: (raw bllm_ key, account)."""
     from decimal import Decimal
 
     from accounts.models import Membership
@@ -128,7 +153,9 @@ def make_tenant(*, email: str, caps_usd: dict[tuple[str, str], str], custom_pric
     provider_key = provider_key_add(
         account=account, actor=user, raw_key="sk-bench-" + "x" * 32, validate=False
     )
-    api_key, raw = api_key_create(account=account, actor=user, provider_key=provider_key, name="bench")
+    api_key, raw = api_key_create(
+        account=account, actor=user, provider_key=provider_key, name="bench"
+    )
     for (scope, period), usd in caps_usd.items():
         Cap.objects.create(
             account=account,
@@ -139,15 +166,18 @@ def make_tenant(*, email: str, caps_usd: dict[tuple[str, str], str], custom_pric
         )
     if custom_price:
         ModelPrice.objects.create(account=account, **custom_price)
-    return raw
+    return raw, account
 
 
-def children(pid: int) -> list[int]:
+def worker_pids(pid: int) -> list[int]:
+    """uvicorn's worker processes (the master itself when it runs a single worker)."""
     try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
-        return []
-    return [int(p) for p in text.split()]
+        kids = []
+    # Skip multiprocessing's resource tracker: only spawned workers serve requests.
+    workers = [k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    return workers or [pid]
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -26,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._harness import (  # noqa: E402
-    children,
     cpu_seconds,
     django_setup,
     load,
@@ -36,6 +35,7 @@ from bench._harness import (  # noqa: E402
     start_fake,
     start_proxy,
     stop,
+    worker_pids,
 )
 
 PLAIN = {
@@ -79,8 +79,9 @@ class Run:
         return self.requests / self.seconds
 
 
-def wrk(url: str, body: dict, headers: dict[str, str], *, conns: int, seconds: int,
-        pids: list[int]) -> Run:
+def wrk(
+    url: str, body: dict, headers: dict[str, str], *, conns: int, seconds: int, pids: list[int]
+) -> Run:
     lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(WRK_SCRIPT.format(body=json.dumps(body), headers=lines))
@@ -88,8 +89,20 @@ def wrk(url: str, body: dict, headers: dict[str, str], *, conns: int, seconds: i
     threads = 1 if conns == 1 else 2
     before = cpu_seconds(pids)
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", script, url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{conns}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            script,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     cpu = cpu_seconds(pids) - before
     Path(script).unlink()
@@ -105,7 +118,9 @@ def wrk(url: str, body: dict, headers: dict[str, str], *, conns: int, seconds: i
     )
 
 
-def compare(label: str, direct: Run, proxied: Run, *, events: int = 0) -> dict[str, object]:
+def compare(
+    label: str, direct: Run, proxied: Run, *, events: int = 0, fake_events_cpu: float = 0.0
+) -> dict[str, object]:
     row: dict[str, object] = {
         "case": label,
         "direct p50/p99 ms": f"{direct.p50_ms:.2f} / {direct.p99_ms:.2f}",
@@ -118,29 +133,38 @@ def compare(label: str, direct: Run, proxied: Run, *, events: int = 0) -> dict[s
     }
     if events:
         row["proxy CPU µs/event"] = f"{1e6 * proxied.cpu_s / max(proxied.requests * events, 1):.1f}"
-    print(json.dumps(row), flush=True)
+        row["fake server CPU µs/event (direct run)"] = (
+            f"{1e6 * fake_events_cpu / max(direct.requests * events, 1):.1f}"
+        )
+    print(json.dumps(row, ensure_ascii=False), flush=True)
     return row
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
-    parser.add_argument("--memory-seconds", type=int, default=60, help="sustained run for RSS (600 = 10 min)")
+    parser.add_argument(
+        "--memory-seconds", type=int, default=60, help="sustained run for RSS (600 = 10 min)"
+    )
     args = parser.parse_args()
 
     fake, upstream = start_fake()
     env = production_env(upstream=upstream)
     django_setup(env)
-    key = make_tenant(
+    key, _ = make_tenant(
         email=f"bench-{int(time.time())}@example.com",
         caps_usd={("account", "month"): "100", ("key", "day"): "50"},
     )
     proxy, base = start_proxy(env, workers=args.workers)
     try:
-        pids = children(proxy.pid)
-        print(f"# workers {pids}, ledger {'redis' if env.get('REDIS_URL') else 'sql'}, "
-              f"load {load()}", flush=True)
+        pids = worker_pids(proxy.pid)
+        print(
+            f"# workers {pids}, ledger {'redis' if env.get('REDIS_URL') else 'sql'}, load {load()}",
+            flush=True,
+        )
         direct_h = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-direct"}
         proxy_h = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
         off = {"X-BudgetLLM-Cache": "off"}
@@ -152,15 +176,43 @@ def main() -> None:
         wrk(chat_proxy, PLAIN, {**proxy_h, **off}, conns=4, seconds=2, pids=pids)
         wrk(chat_direct, PLAIN, direct_h, conns=4, seconds=2, pids=pids)
 
+        plain_cpu = {}
         for conns in (1, 32):
             d = wrk(chat_direct, PLAIN, direct_h, conns=conns, seconds=s, pids=pids)
             p = wrk(chat_proxy, PLAIN, {**proxy_h, **off}, conns=conns, seconds=s, pids=pids)
             compare(f"plain, {conns} conn", d, p)
+            plain_cpu[conns] = p.cpu_s / max(p.requests, 1)
         for conns in (1, 32):
-            d = wrk(chat_direct, STREAM, {**direct_h, **paced}, conns=conns, seconds=s, pids=pids)
-            p = wrk(chat_proxy, STREAM, {**proxy_h, **off, **paced}, conns=conns, seconds=s, pids=pids)
-            compare(f"stream ({EVENTS_PER_STREAM} events, {STREAM_EVENT_MS} ms apart), {conns} conn",
-                    d, p, events=EVENTS_PER_STREAM)
+            # The fake server's own CPU per paced event is this machine's floor for waking
+            # up on an event: reported beside the proxy's.
+            d = wrk(
+                chat_direct, STREAM, {**direct_h, **paced}, conns=conns, seconds=s, pids=[fake.pid]
+            )
+            p = wrk(
+                chat_proxy, STREAM, {**proxy_h, **off, **paced}, conns=conns, seconds=s, pids=pids
+            )
+            compare(
+                f"stream ({EVENTS_PER_STREAM} events, {STREAM_EVENT_MS} ms apart), {conns} conn",
+                d,
+                p,
+                events=EVENTS_PER_STREAM,
+                fake_events_cpu=d.cpu_s,
+            )
+        # The same stream in one burst: what relaying an event costs beyond a plain request.
+        p = wrk(chat_proxy, STREAM, {**proxy_h, **off}, conns=1, seconds=s, pids=pids)
+        marginal = (p.cpu_s / max(p.requests, 1) - plain_cpu[1]) / EVENTS_PER_STREAM
+        print(
+            json.dumps(
+                {
+                    "case": f"stream in one burst, 1 conn ({p.requests} streams)",
+                    "proxy CPU ms/stream": f"{1000 * p.cpu_s / max(p.requests, 1):.3f}",
+                    "marginal proxy CPU µs/event (vs plain request)": f"{1e6 * marginal:.1f}",
+                    "load": p.load,
+                },
+                ensure_ascii=False,
+            ),
+            flush=True,
+        )
         # Cache hit: the first request fills the cache, every later one is a hit.
         d = wrk(chat_direct, PLAIN, direct_h, conns=1, seconds=s, pids=pids)
         p = wrk(chat_proxy, PLAIN, proxy_h, conns=1, seconds=s, pids=pids)
@@ -177,17 +229,24 @@ def main() -> None:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        run = wrk(chat_proxy, PLAIN, {**proxy_h, **off}, conns=8, seconds=args.memory_seconds, pids=pids)
+        run = wrk(
+            chat_proxy, PLAIN, {**proxy_h, **off}, conns=8, seconds=args.memory_seconds, pids=pids
+        )
         stop_sampling.set()
         sampler.join()
         for pid, values in samples.items():
             third = max(len(values) // 3, 1)
-            print(json.dumps({
-                "case": f"memory, worker {pid}, {args.memory_seconds} s at 8 conns ({run.requests} requests)",
-                "rss MB start/end/max": f"{values[0]:.1f} / {values[-1]:.1f} / {max(values):.1f}",
-                "mean first/last third MB": f"{sum(values[:third]) / third:.1f} / {sum(values[-third:]) / third:.1f}",
-                "load": run.load,
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "case": f"memory, worker {pid}, {args.memory_seconds} s at 8 conns ({run.requests} requests)",
+                        "rss MB start/end/max": f"{values[0]:.1f} / {values[-1]:.1f} / {max(values):.1f}",
+                        "mean first/last third MB": f"{sum(values[:third]) / third:.1f} / {sum(values[-third:]) / third:.1f}",
+                        "load": run.load,
+                    }
+                ),
+                flush=True,
+            )
     finally:
         stop(proxy)
         stop(fake)
