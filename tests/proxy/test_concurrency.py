@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from django.conf import settings
 
 from budgets.ledger import reset_ledger
 from budgets.models import Cap, ModelPrice
