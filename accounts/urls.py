@@ -5,7 +5,6 @@ from django.urls import include, path, re_path
 from . import views
 
 urlpatterns = [
-    path("", views.landing, name="landing"),
     # Ours first: the same paths and names as allauth's, so Django resolves to these.
     path("accounts/login/", views.login, name="account_login"),
     path("accounts/login/code/", views.signup, name="account_request_login_code"),

@@ -17,10 +17,6 @@ from .forms import DeleteAccountForm, LoginForm, TimezoneForm
 from .http import AuthedRequest
 
 
-def landing(request: HttpRequest) -> HttpResponse:
-    return render(request, "landing.html")
-
-
 @never_cache
 @require_http_methods(["GET", "POST"])
 def login(request: HttpRequest) -> HttpResponse:

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "budgets",
     "proxy",
     "billing",
+    "marketing",
 ]
 
 MIDDLEWARE = [
@@ -107,8 +108,10 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
-    # Tests use a file too (not the shared-cache in-memory database, whose table locks
-    # fail at once instead of waiting): concurrency tests then see what a real run sees.
+    # Tests on a file, not SQLite's in-memory default: the proxy tests serve the test
+    # database from a uvicorn subprocess, which must see what the test wrote, and the
+    # shared-cache memory database answers concurrent writers (two workers racing for a
+    # threshold alert) with "table is locked" at once instead of waiting.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Covering indexes (Index(include=...)) speed up the dashboard on PostgreSQL; SQLite
@@ -177,6 +180,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "accounts.delete_unused_signups",
         "schedule": crontab(hour=3, minute=47),
     },
+    # Compares the spend ledger's counters with recorded usage and reports drift.
+    "ledger-reconcile": {"task": "budgets.tasks.ledger_reconcile_task", "schedule": 3600.0},
     # Usage history beyond each plan's retention (7 days Free, 90 paid) goes nightly.
     "billing-usage-history-purge": {
         "task": "billing.tasks.usage_history_purge",
@@ -189,11 +194,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": crontab(minute=7),
     },
     # Dashboard rollups: today's numbers at most a minute stale ...
-    "budgets-rollup-recent": {"task": "budgets.rollup_recent", "schedule": 60.0},
+    "budgets-rollup-recent": {"task": "budgets.tasks.rollup_recent", "schedule": 60.0},
     # ... and each account's previous local day closed once after its midnight (the task
     # picks the accounts whose local hour is 0, so every time zone gets its turn).
     "budgets-rollup-yesterday": {
-        "task": "budgets.rollup_yesterday",
+        "task": "budgets.tasks.rollup_yesterday",
         "schedule": crontab(minute=5),
     },
     "budgets-sweep-expired-reservations": {
@@ -247,6 +252,10 @@ SESAME_MAX_AGE = MAGIC_LINK_MAX_AGE
 SESAME_ONE_TIME = True
 SESAME_TOKEN_NAME = "token"  # noqa: S105 - the query parameter's name, not a secret
 
+# Landing-page waitlist: at most this many sign-ups per IP per window.
+WAITLIST_RATE_LIMIT = env_int("WAITLIST_RATE_LIMIT", 5)
+WAITLIST_RATE_WINDOW_SECONDS = env_int("WAITLIST_RATE_WINDOW_SECONDS", 3600)
+
 # --- Email -------------------------------------------------------------------------------
 # Console by default: magic links appear in the terminal that runs `make run`.
 EMAIL_BACKEND_PATH = env_str("EMAIL_BACKEND", "accounts.mail.ConsoleBackend")
@@ -270,25 +279,38 @@ OPENAI_UPSTREAM_BASE_URL = env_str("OPENAI_UPSTREAM_BASE_URL", "https://api.open
     "/"
 )
 
-# --- The /v1 proxy ------------------------------------------------------------------------
-# Largest request body accepted (413 above it). Images inside count at the ceiling below.
-PROXY_MAX_BODY_BYTES = env_int("PROXY_MAX_BODY_BYTES", 16 * 1024 * 1024)
-# Tokens reserved per image part: above what any current OpenAI model bills for one image.
-PROXY_IMAGE_TOKEN_CEILING = env_int("PROXY_IMAGE_TOKEN_CEILING", 6000)
-# How long a worker reuses a resolved bllm_ key before reading it again: revoking or
-# pausing a key takes effect on every worker within this many seconds (0 = every request).
-PROXY_KEY_CACHE_SECONDS = env_int("PROXY_KEY_CACHE_SECONDS", 2)
-PROXY_UPSTREAM_CONNECT_TIMEOUT_SECONDS = env_int("PROXY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10)
-# Longest silence allowed from the provider (before the answer, or between stream events).
-PROXY_UPSTREAM_READ_TIMEOUT_SECONDS = env_int("PROXY_UPSTREAM_READ_TIMEOUT_SECONDS", 600)
-PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 256)
-# How long identical in-flight requests wait for the first one's answer before going
-# upstream themselves.
-PROXY_CACHE_WAIT_SECONDS = env_int("PROXY_CACHE_WAIT_SECONDS", 120)
-# Extra request headers passed on to the provider (besides OpenAI-Organization/-Project/
-# -Beta), comma separated; e.g. an OpenAI-compatible upstream's own headers.
-PROXY_FORWARD_HEADERS = env_list("PROXY_FORWARD_HEADERS")
+# --- Alerts and the spend-spike breaker -----------------------------------------------------
+# Percentages of a cap's limit that alert when a cap does not set its own.
+ALERT_THRESHOLDS_DEFAULT = [50, 80, 100]
+# After a settle, alerts for an account are evaluated at most once per this many seconds
+# (one Celery task covers every settle in the interval).
+ALERTS_CHECK_DEBOUNCE_SECONDS = env_int("ALERTS_CHECK_DEBOUNCE_SECONDS", 5)
+ALERT_DELIVERY_MAX_RETRIES = env_int("ALERT_DELIVERY_MAX_RETRIES", 6)
+ALERT_WEBHOOK_TIMEOUT_SECONDS = env_int("ALERT_WEBHOOK_TIMEOUT_SECONDS", 10)
+# Test-only escape hatch: origins (scheme://host:port) whose webhook URLs skip the https,
+# provider-host and public-address checks so tests can post to a local server. Honoured
+# only with DEBUG or BUDGETLLM_TESTING on, so a production site can never enable it.
+ALERT_WEBHOOK_TEST_ORIGINS = env_list("ALERT_WEBHOOK_TEST_ORIGINS") if (DEBUG or TESTING) else []
+# Pause a key when its spend in the last WINDOW seconds exceeds FLOOR micro-dollars AND
+# MULTIPLIER times what its average rate over the previous BASELINE_HOURS would spend in
+# the same time. Each key can override these or turn the breaker off on the alerts page.
+SPIKE_BREAKER_ENABLED = env_bool("SPIKE_BREAKER_ENABLED", True)
+SPIKE_BREAKER_WINDOW_SECONDS = env_int("SPIKE_BREAKER_WINDOW_SECONDS", 300)
+SPIKE_BREAKER_MULTIPLIER = env_int("SPIKE_BREAKER_MULTIPLIER", 10)
+SPIKE_BREAKER_FLOOR_MICROS = env_int("SPIKE_BREAKER_FLOOR_MICROS", 1_000_000)
+SPIKE_BREAKER_BASELINE_HOURS = env_int("SPIKE_BREAKER_BASELINE_HOURS", 24)
 
+# --- Operations ------------------------------------------------------------------------------
+# Bearer token for /metrics; unset = /metrics answers 404.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+# Several worker processes aggregate their metrics through files in this folder (it must
+# be empty when the server starts; bin/run-all wipes it). Unset = one-process metrics.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+# Ledger counters and recorded usage may differ by this much before drift is reported
+# (in-flight reservations are excluded from the comparison).
+LEDGER_DRIFT_TOLERANCE_MICROS = env_int("LEDGER_DRIFT_TOLERANCE_MICROS", 0)
 # --- Plans and billing ------------------------------------------------------------------
 # Razorpay (India, INR). Prices are integer paise and must match the plans created in
 # the Razorpay dashboard; they are shown on the billing page, Razorpay charges the plan.
@@ -326,6 +348,24 @@ if BILLING_CHECKOUT_STANDIN:
     LEMONSQUEEZY_VARIANT_PRO = LEMONSQUEEZY_VARIANT_PRO or "111111"
     LEMONSQUEEZY_VARIANT_TEAM = LEMONSQUEEZY_VARIANT_TEAM or "222222"
     LEMONSQUEEZY_WEBHOOK_SECRET = LEMONSQUEEZY_WEBHOOK_SECRET or "standin_ls_secret"  # noqa: S105
+# --- The /v1 proxy ------------------------------------------------------------------------
+# Largest request body accepted (413 above it). Images inside count at the ceiling below.
+PROXY_MAX_BODY_BYTES = env_int("PROXY_MAX_BODY_BYTES", 16 * 1024 * 1024)
+# Tokens reserved per image part: above what any current OpenAI model bills for one image.
+PROXY_IMAGE_TOKEN_CEILING = env_int("PROXY_IMAGE_TOKEN_CEILING", 6000)
+# How long a worker reuses a resolved bllm_ key before reading it again: revoking or
+# pausing a key takes effect on every worker within this many seconds (0 = every request).
+PROXY_KEY_CACHE_SECONDS = env_int("PROXY_KEY_CACHE_SECONDS", 2)
+PROXY_UPSTREAM_CONNECT_TIMEOUT_SECONDS = env_int("PROXY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10)
+# Longest silence allowed from the provider (before the answer, or between stream events).
+PROXY_UPSTREAM_READ_TIMEOUT_SECONDS = env_int("PROXY_UPSTREAM_READ_TIMEOUT_SECONDS", 600)
+PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 256)
+# How long identical in-flight requests wait for the first one's answer before going
+# upstream themselves.
+PROXY_CACHE_WAIT_SECONDS = env_int("PROXY_CACHE_WAIT_SECONDS", 120)
+# Extra request headers passed on to the provider (besides OpenAI-Organization/-Project/
+# -Beta), comma separated; e.g. an OpenAI-compatible upstream's own headers.
+PROXY_FORWARD_HEADERS = env_list("PROXY_FORWARD_HEADERS")
 
 # --- i18n, static ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -363,15 +403,30 @@ SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
 SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
 # Health checks are probed over plain HTTP by load balancers.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 
 # --- Logging -----------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# "json" writes every log record as one JSON object per line; "plain" is for a terminal.
+# The per-request log (logger "budgetllm.requests") is always JSON lines.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "proxy.reqlog.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+        },
+        "requests": {"class": "logging.StreamHandler", "formatter": "json"},
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "budgetllm.requests": {"handlers": ["requests"], "level": "INFO", "propagate": False},
+    },
 }

@@ -76,8 +76,7 @@ def cap_validate(*, account: Account, spec: CapSpec) -> None:
     if ceiling is not None and spec.limit_micros > ceiling:
         plan = entitlements_for(account).plan.capitalize()
         raise CapInvalid(
-            f"The {plan} plan allows caps up to {format_usd(ceiling)}. "
-            "Upgrade for higher caps.",
+            f"The {plan} plan allows caps up to {format_usd(ceiling)}. Upgrade for higher caps.",
             field="limit_usd",
         )
     thresholds = list(spec.alert_thresholds)

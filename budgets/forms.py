@@ -40,9 +40,11 @@ class CapForm(forms.Form):
 
     def __init__(self, *args: Any, account: Account, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["api_key"].queryset = ApiKey.objects.filter(  # type: ignore[attr-defined]
+        field = self.fields["api_key"]
+        field.queryset = ApiKey.objects.filter(  # type: ignore[attr-defined]
             account=account, revoked_at__isnull=True
         ).order_by("name")
+        field.label_from_instance = lambda key: key.name  # type: ignore[attr-defined]
 
     def clean_thresholds(self) -> list[int]:
         raw = self.cleaned_data.get("thresholds") or ""

@@ -243,6 +243,14 @@ def write_usage_records(records: Sequence[dict[str, Any]]) -> int:
     # request_id is unique: a record delivered twice (a drain retried after a crash)
     # is stored once.
     UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
+    charged = sorted({row.account_id for row in rows if row.cost_micros > 0})
+    if charged:
+        # Thresholds and the spend-spike breaker look at spend after it is recorded
+        # (after commit, so the evaluation sees these rows); `alerts_check` only queues
+        # a debounced Celery task and never raises.
+        from .alerts import alerts_check_many
+
+        transaction.on_commit(lambda: alerts_check_many(account_ids=charged))
     return len(rows)
 
 

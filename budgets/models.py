@@ -215,3 +215,97 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.reservation_id} {self.amount_micros}µ$"
+
+
+# --- Alerts and the spend-spike breaker ------------------------------------------------
+
+
+class AlertChannel(models.Model):
+    """Where an account's alerts go: an email address, or a Slack/Discord incoming webhook."""
+
+    class Kind(models.TextChoices):
+        EMAIL = "email", "Email"
+        SLACK = "slack", "Slack"
+        DISCORD = "discord", "Discord"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="alert_channels")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # An email address, or the webhook URL. A webhook URL lets anyone post to the
+    # channel, so pages show only `target_hint`.
+    target = models.CharField(max_length=500)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    # Reset to 0 by the next successful delivery; > 0 shows the channel as failing.
+    consecutive_failures = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "kind", "target"], name="alertchannel_account_kind_target_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.target_hint}"
+
+    @property
+    def is_failing(self) -> bool:
+        return self.consecutive_failures > 0
+
+    @property
+    def target_hint(self) -> str:
+        if self.kind == self.Kind.EMAIL:
+            return self.target
+        # Host plus the last four characters of the secret token.
+        host = self.target.split("/")[2] if self.target.count("/") >= 2 else ""
+        return f"{host}/…{self.target[-4:]}"
+
+
+class AlertFired(models.Model):
+    """One row per threshold alert: (cap, window, threshold) is claimed by INSERT before sending.
+
+    The unique constraint is what makes a threshold alert go out once per window even when
+    two workers evaluate the same spend at the same moment: only the INSERT that wins sends.
+    A new period has a new `window_key`, which re-arms every threshold.
+    """
+
+    cap = models.ForeignKey(Cap, on_delete=models.CASCADE, related_name="alerts_fired")
+    # "day:2026-11-23", "month:2026-11" (in the account's time zone) or "run:<run id>".
+    window_key = models.CharField(max_length=160)
+    threshold = models.PositiveSmallIntegerField()
+    spent_micros = models.BigIntegerField()
+    limit_micros = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cap", "window_key", "threshold"], name="alertfired_cap_window_thr_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cap_id} {self.window_key} {self.threshold}%"
+
+
+class SpikeBreaker(models.Model):
+    """Per-key settings of the spend-spike breaker; a key without a row uses the defaults.
+
+    Empty fields mean "the site default" (SPIKE_BREAKER_* settings).
+    """
+
+    api_key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, related_name="spike_breaker")
+    enabled = models.BooleanField(default=True)
+    window_seconds = models.PositiveIntegerField(null=True, blank=True)
+    multiplier = models.PositiveIntegerField(null=True, blank=True)
+    floor_micros = models.BigIntegerField(null=True, blank=True)
+    # Spend before the last trip no longer counts, so resuming the key does not re-trip it
+    # on the very spend that tripped it.
+    tripped_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"breaker for key {self.api_key_id} ({'on' if self.enabled else 'off'})"

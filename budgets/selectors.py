@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,8 @@ from django.utils import timezone
 from accounts.models import Account
 from keys.models import ApiKey
 
-from .models import Cap, DailyUsage, UsageRecord
 from .display import percent
+from .models import Cap, DailyUsage, UsageRecord
 from .rollups import local_day_bounds
 
 CHART_PERIODS = (7, 30, 90)
@@ -100,7 +101,7 @@ class UsageSnapshot:
         return out
 
 
-def _totals_from(row: dict[str, Any]) -> Totals:
+def _totals_from(row: Mapping[str, Any]) -> Totals:
     return Totals(
         cost_micros=row["cost"] or 0,
         saved_micros=row["saved"] or 0,
@@ -222,8 +223,10 @@ def _cap_matches(cap: Cap, bucket: Bucket) -> bool:
 
 def cap_progress(*, account: Account, snapshot: UsageSnapshot) -> list[CapProgress]:
     """Every cap of the account with what its current window has recorded."""
-    caps = Cap.objects.filter(account=account).select_related("api_key").order_by(
-        "scope", "period", "model", "created_at"
+    caps = (
+        Cap.objects.filter(account=account)
+        .select_related("api_key")
+        .order_by("scope", "period", "model", "created_at")
     )
     out = []
     for cap in caps:
@@ -310,8 +313,9 @@ def top_runs(*, account: Account, window: Window, limit: int = 10) -> list[dict[
     month_start = dt.datetime.combine(
         window.month_first, dt.time.min, tzinfo=window.today_start.tzinfo
     )
-    return list(
-        UsageRecord.objects.filter(account=account, created_at__gte=month_start)
+    return [
+        dict(row)
+        for row in UsageRecord.objects.filter(account=account, created_at__gte=month_start)
         .exclude(run_id="")
         .values("run_id")
         .annotate(
@@ -320,7 +324,7 @@ def top_runs(*, account: Account, window: Window, limit: int = 10) -> list[dict[
             n=Count("id"),
         )
         .order_by("-cost", "run_id")[:limit]
-    )
+    ]
 
 
 def recent_requests(*, account: Account, page: int) -> tuple[list[UsageRecord], bool]:
@@ -371,9 +375,7 @@ def chart_data(
     return {
         "days": days,
         "labels": [d.isoformat() for d in labels],
-        "spend": [
-            {"model": m, "usd": [usd_float(v) for v in by_model[m]]} for m in models_sorted
-        ],
+        "spend": [{"model": m, "usd": [usd_float(v) for v in by_model[m]]} for m in models_sorted],
         "saved": [usd_float(v) for v in saved],
         "total_cost_micros": total_cost,
         "total_saved_micros": sum(saved),

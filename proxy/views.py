@@ -41,7 +41,7 @@ from budgets.services import (
 from keys.services import ResolvedKey
 from keys.vault import VaultError, decrypt
 
-from . import metrics
+from . import metrics, reqlog
 from .auth import key_authenticate
 from .cache import CacheEntry, Flight, cache_bypassed, cache_digest, cache_finish, cache_get_or_lead
 from .errors import ProxyError, bad_request, error_envelope
@@ -120,6 +120,12 @@ class Exchange:
         "refused_scope",
         "status",
         "response_started",
+        "account_id",
+        "api_key_public_id",
+        "endpoint",
+        "model",
+        "stream",
+        "tokens",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,6 +144,13 @@ class Exchange:
         self.refused_scope: str | None = None
         self.status = 0
         self.response_started = False
+        # For the request's JSON log line (proxy.reqlog): ids and sizes, never content.
+        self.account_id: int | None = None
+        self.api_key_public_id: uuid.UUID | None = None
+        self.endpoint = ""
+        self.model = ""
+        self.stream = False
+        self.tokens: tuple[int, int, int] = (0, 0, 0)
 
     def latency_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
@@ -211,6 +224,25 @@ class Exchange:
             upstream_seconds=up,
             overhead_seconds=max(0.0, total - (up or 0.0)),
             refused_scope=self.refused_scope,
+        )
+        reqlog.log_request(
+            request_id=self.request_id,
+            account_id=self.account_id,
+            api_key_id=self.api_key_public_id,
+            endpoint=self.endpoint or self.scope.get("path", ""),
+            model=self.model,
+            status=self.status,
+            cache=self.cache_status,
+            stream=self.stream,
+            input_tokens=self.tokens[0],
+            cached_tokens=self.tokens[1],
+            output_tokens=self.tokens[2],
+            cost_micros=self.cost,
+            saved_micros=self.saved,
+            upstream_ms=None if up is None else up * 1000,
+            overhead_ms=max(0.0, total - (up or 0.0)) * 1000,
+            total_ms=total * 1000,
+            refused=self.refused_scope,
         )
 
 
@@ -302,6 +334,7 @@ def _may_reason(model: str) -> bool:
 def _usage(
     ex: Exchange, parsed: ParsedRequest, run_id: str, tokens: Tokens, cost: int, status: int
 ) -> UsageData:
+    ex.tokens = (tokens.input, tokens.cached, tokens.output)
     return UsageData(
         request_id=ex.request_id,
         endpoint=parsed.endpoint,
@@ -386,6 +419,7 @@ def _upstream_headers(ex: Exchange, secret: str, *, stream: bool) -> dict[str, s
         "Content-Type": "application/json",
         "Accept": "text/event-stream" if stream else "application/json",
         "X-Request-Id": str(ex.request_id),
+        **reqlog.upstream_headers(ex.request_id),
     }
     for name in _forwarded_request_headers():
         value = ex.headers.get(name)
@@ -472,9 +506,12 @@ def _tokens_from_body(endpoint: str, payload: bytes) -> tuple[Tokens | None, Any
 
 
 async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -> None:
+    ex.endpoint = endpoint
     key = await key_authenticate(ex.headers)
+    ex.account_id, ex.api_key_public_id = key.account_id, key.api_key_public_id
     raw = await ex.read_body(max_body)
     parsed = PARSERS[endpoint](raw)
+    ex.model, ex.stream = parsed.model, parsed.stream
     run_id, run_budget = run_headers(ex.headers)
     ensure_not_paused(key)
     flight: Flight | None = None

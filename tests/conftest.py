@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -111,6 +110,3 @@ def outsider(db) -> Person:  # type: ignore[no-untyped-def]
 @pytest.fixture(autouse=True)
 def _test_env(settings) -> None:  # type: ignore[no-untyped-def]
     settings.CELERY_TASK_ALWAYS_EAGER = True
-
-
-os.environ.setdefault("BUDGETLLM_TESTING", "1")

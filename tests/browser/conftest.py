@@ -226,14 +226,15 @@ def product(fake_openai_server: FakeOpenAI) -> Iterator[LiveProduct]:
         _flush_redis(redis_url)
     python = sys.executable
     for command in (["migrate", "--noinput"], ["createcachetable"]):
-        subprocess.run(
+        done = subprocess.run(
             [python, "manage.py", *command],
             cwd=ROOT,
             env=env,
-            check=True,
             capture_output=True,
             timeout=300,
         )
+        if done.returncode:
+            raise RuntimeError(f"manage.py {' '.join(command)} failed:\n{done.stderr.decode()}")
     log_path = tmp / "server.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
@@ -254,6 +255,28 @@ def product(fake_openai_server: FakeOpenAI) -> Iterator[LiveProduct]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    # The real product also runs a Celery worker with embedded beat (as bin/run-all does):
+    # the Redis ledger writes usage rows from a periodic drain, and rollups are periodic.
+    worker_log = (tmp / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "budgetllm_site",
+            "worker",
+            "-B",
+            "--concurrency=1",
+            "--loglevel=WARNING",
+            "--schedule",
+            str(tmp / "celerybeat-schedule"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         try:
             wait_for_http(base_url + "/healthz", timeout=60)
@@ -270,13 +293,15 @@ def product(fake_openai_server: FakeOpenAI) -> Iterator[LiveProduct]:
             fake_openai=fake_openai_server,
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        for child in (proc, worker):
+            child.terminate()
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(timeout=5)
         log.close()
+        worker_log.close()
         if pg_name:
             _drop_database(pg_name)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+import time_machine
+from django.db import connection
+
+from budgets.models import DailyUsage
+from budgets.rollups import rollup_day, rollup_recent, rollup_yesterday
+from tests.dashboard.conftest import make_key, record
+
+KOLKATA = dt.timezone(dt.timedelta(hours=5, minutes=30))
+
+
+def _rows(account):  # type: ignore[no-untyped-def]
+    return sorted(
+        DailyUsage.objects.filter(account=account).values_list(
+            "day",
+            "api_key_id_or_zero",
+            "model",
+            "cost_micros",
+            "saved_micros",
+            "requests",
+            "cache_hits",
+        )
+    )
+
+
+def test_rollup_groups_by_local_day_key_and_model(owner, key) -> None:  # type: ignore[no-untyped-def]
+    owner.account.timezone = "Asia/Kolkata"
+    owner.account.save()
+    other = make_key(owner.account, "dev")
+    # 23:00 UTC on the 1st is 04:30 on the 2nd in Kolkata.
+    record(owner.account, key, dt.datetime(2026, 11, 1, 23, 0, tzinfo=dt.UTC), cost=500)
+    record(owner.account, key, dt.datetime(2026, 11, 2, 5, 0, tzinfo=dt.UTC), cost=700)
+    record(owner.account, key, dt.datetime(2026, 11, 2, 6, 0, tzinfo=dt.UTC), saved=300, hit=True)
+    record(
+        owner.account, other, dt.datetime(2026, 11, 2, 6, 0, tzinfo=dt.UTC), model="gpt-4o", cost=9
+    )
+    record(owner.account, key, dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC), cost=1)  # the 1st
+
+    result = rollup_day(account=owner.account, day=dt.date(2026, 11, 2))
+
+    assert result.requests == 4
+    assert _rows(owner.account) == [
+        (dt.date(2026, 11, 2), key.pk, "gpt-4o-mini", 1200, 300, 3, 1),
+        (dt.date(2026, 11, 2), other.pk, "gpt-4o", 9, 0, 1, 0),
+    ]
+
+
+def test_rollup_twice_gives_the_same_rows(owner, key) -> None:  # type: ignore[no-untyped-def]
+    at = dt.datetime(2026, 11, 2, 5, 0, tzinfo=dt.UTC)
+    record(owner.account, key, at, cost=700)
+    rollup_day(account=owner.account, day=at.date())
+    first = _rows(owner.account)
+    rollup_day(account=owner.account, day=at.date())
+    assert _rows(owner.account) == first
+    record(owner.account, key, at, cost=1)
+    rollup_day(account=owner.account, day=at.date())
+    assert _rows(owner.account)[0][3] == 701
+
+
+def test_records_of_deleted_keys_roll_up_under_key_zero(owner, key) -> None:  # type: ignore[no-untyped-def]
+    at = dt.datetime(2026, 11, 2, 5, 0, tzinfo=dt.UTC)
+    record(owner.account, None, at, cost=5)
+    record(owner.account, None, at, cost=6)
+    rollup_day(account=owner.account, day=at.date())
+    assert _rows(owner.account) == [(at.date(), 0, "gpt-4o-mini", 11, 0, 2, 0)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_rollups_of_one_day_leave_one_set_of_rows(owner, key) -> None:  # type: ignore[no-untyped-def]
+    if connection.vendor == "sqlite":
+        # The in-memory test database uses a shared cache with table locks; the real SQLite
+        # file serialises writers with IMMEDIATE transactions instead.
+        pytest.skip("needs a server database for real concurrency")
+    at = dt.datetime(2026, 11, 2, 5, 0, tzinfo=dt.UTC)
+    for i in range(20):
+        record(owner.account, key, at + dt.timedelta(minutes=i), cost=100)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            rollup_day(account=owner.account, day=at.date())
+        except BaseException as exc:  # pragma: no cover - the assertion reports it
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert _rows(owner.account) == [(at.date(), key.pk, "gpt-4o-mini", 2000, 0, 20, 0)]
+
+
+def test_rollup_recent_refreshes_today_in_the_account_zone(owner, key) -> None:  # type: ignore[no-untyped-def]
+    owner.account.timezone = "America/New_York"
+    owner.account.save()
+    with time_machine.travel(dt.datetime(2026, 11, 3, 3, 0, tzinfo=dt.UTC), tick=False):
+        # 22:00 on the 2nd in New York.
+        record(owner.account, key, dt.datetime(2026, 11, 3, 2, 55, tzinfo=dt.UTC), cost=42)
+        results = rollup_recent()
+    assert [(r.day, r.requests) for r in results] == [(dt.date(2026, 11, 2), 1)]
+
+
+def test_rollup_yesterday_closes_the_day_after_local_midnight_only(owner, key) -> None:  # type: ignore[no-untyped-def]
+    owner.account.timezone = "Asia/Kolkata"
+    owner.account.save()
+    record(
+        owner.account, key, dt.datetime(2026, 11, 2, 18, 0, tzinfo=dt.UTC), cost=42
+    )  # 23:30 local
+    with time_machine.travel(dt.datetime(2026, 11, 2, 18, 5, tzinfo=dt.UTC), tick=False):
+        assert rollup_yesterday() == []  # 23:35 local: not yet
+    with time_machine.travel(dt.datetime(2026, 11, 2, 19, 5, tzinfo=dt.UTC), tick=False):
+        results = rollup_yesterday()  # 00:35 local on the 3rd
+    assert [(r.day, r.requests) for r in results] == [(dt.date(2026, 11, 2), 1)]
