@@ -65,16 +65,27 @@ def wait_for(url: str, timeout: float = 40) -> None:
 
 def start_fake() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
+    LOG.parent.mkdir(exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(port)], cwd=ROOT
+        [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(port)],
+        cwd=ROOT,
+        stdout=LOG.open("ab"),
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     wait_for(base + "/_fake/stats")
     return proc, base + "/v1"
 
 
+LOG = ROOT / "var" / "bench-servers.log"
+
+
 def start_proxy(env: dict[str, str], *, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn with the production settings; its output goes to var/bench-servers.log so
+    the figures printed by the benchmark stay readable."""
     port = free_port()
+    LOG.parent.mkdir(exist_ok=True)
+    log = LOG.open("ab")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -97,6 +108,8 @@ def start_proxy(env: dict[str, str], *, workers: int) -> tuple[subprocess.Popen[
         ],
         cwd=ROOT,
         env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     wait_for(base + "/healthz")
