@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Account, Membership
-from budgets.models import Cap, DailyUsage, UsageRecord
+from budgets.models import Cap, DailyUsage, RunDailyUsage, UsageRecord
 from budgets.services import caps_changed
 from keys.models import ApiKey, ProviderKey
 
@@ -456,7 +456,7 @@ def usage_history_purge(*, now: datetime | None = None) -> dict[str, int]:
     for sub in Subscription.objects.filter(status__in=GRANTING_STATUSES):
         if subscription_grants(sub, now=now) and sub.plan in paid:
             paid[sub.plan].add(sub.account_id)
-    deleted = {"usage_records": 0, "daily_usage": 0}
+    deleted = {"usage_records": 0, "daily_usage": 0, "run_daily_usage": 0}
     # Highest plan first, so an account on two plans keeps the longer history.
     seen: set[int] = set()
     groups: list[tuple[int, set[int] | None]] = []
@@ -469,13 +469,17 @@ def usage_history_purge(*, now: datetime | None = None) -> dict[str, int]:
         cutoff = now - timedelta(days=days)
         records = UsageRecord.objects.filter(created_at__lt=cutoff)
         daily = DailyUsage.objects.filter(day__lt=(cutoff - timedelta(days=1)).date())
+        runs = RunDailyUsage.objects.filter(day__lt=(cutoff - timedelta(days=1)).date())
         if ids is None:
             records = records.exclude(account_id__in=seen)
             daily = daily.exclude(account_id__in=seen)
+            runs = runs.exclude(account_id__in=seen)
         else:
             records = records.filter(account_id__in=ids)
             daily = daily.filter(account_id__in=ids)
+            runs = runs.filter(account_id__in=ids)
         deleted["usage_records"] += records.delete()[0]
         deleted["daily_usage"] += daily.delete()[0]
+        deleted["run_daily_usage"] += runs.delete()[0]
     logger.info("usage history purged: %s", deleted)
     return deleted

@@ -121,6 +121,11 @@ class DailyUsage(models.Model):
     cache_hits = models.PositiveIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    # The newest `created_at` among the records the rollup read for this day; the same on
+    # every row of the day. Readers count records stamped after it live, so today's figures
+    # are the rollup plus a small live tail instead of a scan of the whole day
+    # (budgets.selectors.today_usage). Null on rows written before it existed.
+    records_through = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -136,6 +141,38 @@ class DailyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.model} {self.cost_micros}µ$"
+
+
+class RunDailyUsage(models.Model):
+    """Usage of one agent run (requests tagged with X-BudgetLLM-Run-Id) per local day.
+
+    Written by the same rollup as DailyUsage (budgets.rollups.rollup_day), in the same
+    transaction, from records up to the same `DailyUsage.records_through`.
+    """
+
+    # No index of its own: the unique constraint below leads with the account.
+    account = models.ForeignKey(
+        Account, on_delete=models.CASCADE, related_name="run_daily_usage", db_index=False
+    )
+    day = models.DateField()
+    run_id = models.CharField(max_length=128)
+    cost_micros = models.BigIntegerField(default=0)
+    saved_micros = models.BigIntegerField(default=0)
+    requests = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            # One row per run and local day, so a rollup run twice (or two at once, under
+            # the account lock) leaves one set of rows. Its (account, day) prefix also
+            # serves the dashboard's "top runs this month" (budgets.selectors.top_runs):
+            # one account's days in a range.
+            models.UniqueConstraint(
+                fields=["account", "day", "run_id"], name="rundailyusage_account_day_run_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.run_id} {self.cost_micros}µ$"
 
 
 class ModelPrice(models.Model):

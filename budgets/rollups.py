@@ -1,9 +1,12 @@
-"""UsageRecord → DailyUsage: one row per account, key, model and local day.
+"""UsageRecord → DailyUsage (one row per account, key, model and local day) and
+RunDailyUsage (one row per account, agent run and local day).
 
 A day is the account's local calendar day (its IANA time zone), so a chart bar is
 what the user calls "Tuesday". Rolling up a day recomputes that day's rows from the
 raw records inside one transaction, holding the account row's lock: running it
-twice, or two workers at once, leaves the same rows.
+twice, or two workers at once, leaves the same rows. Each day's rows remember the
+newest record they include (`DailyUsage.records_through`), so readers can add the
+records stamped after it live (budgets.selectors.today_usage).
 """
 
 from __future__ import annotations
@@ -13,16 +16,18 @@ import zoneinfo
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import Account
 
-from .models import DailyUsage, UsageRecord
+from .models import DailyUsage, RunDailyUsage, UsageRecord
 
 # Records are stamped when the request starts but written when it settles; a long stream
 # lands minutes later. The per-minute run looks back this far for accounts to refresh.
 RECENT_WINDOW = dt.timedelta(minutes=15)
+# Rows per INSERT / ids per DELETE: well under SQLite's limit on query parameters.
+BATCH = 500
 
 
 def local_day_bounds(tz: zoneinfo.ZoneInfo, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
@@ -42,18 +47,22 @@ class RollupResult:
     day: dt.date
     rows: int
     requests: int
+    run_rows: int
 
 
 def rollup_day(*, account: Account, day: dt.date) -> RollupResult:
-    """Recompute `account`'s DailyUsage rows for local `day` from its usage records."""
+    """Recompute `account`'s DailyUsage and RunDailyUsage rows for local `day` from its
+    usage records."""
     start, end = local_day_bounds(account.tz, day)
     with transaction.atomic():
         # Serialises rollups of one account: a concurrent run waits here and then
-        # recomputes the same rows instead of colliding on the unique constraint.
+        # recomputes the same rows instead of colliding on the unique constraints.
         Account.objects.select_for_update().filter(pk=account.pk).first()
-        aggregates = (
-            UsageRecord.objects.filter(account=account, created_at__gte=start, created_at__lt=end)
-            .values("api_key_id", "model")
+        records = UsageRecord.objects.filter(
+            account=account, created_at__gte=start, created_at__lt=end
+        )
+        aggregates = list(
+            records.values("api_key_id", "model")
             .annotate(
                 cost=Sum("cost_micros"),
                 saved=Sum("saved_micros"),
@@ -61,9 +70,12 @@ def rollup_day(*, account: Account, day: dt.date) -> RollupResult:
                 hits=Count("id", filter=Q(cache_status=UsageRecord.CacheStatus.HIT)),
                 tokens_in=Sum("input_tokens"),
                 tokens_out=Sum("output_tokens"),
+                newest=Max("created_at"),
             )
             .order_by()
         )
+        # Read in the same statement as the sums, so it is exactly their watermark.
+        through = max((a["newest"] for a in aggregates), default=None)
         rows = [
             DailyUsage(
                 account=account,
@@ -76,6 +88,7 @@ def rollup_day(*, account: Account, day: dt.date) -> RollupResult:
                 cache_hits=a["hits"],
                 input_tokens=a["tokens_in"] or 0,
                 output_tokens=a["tokens_out"] or 0,
+                records_through=through,
             )
             for a in aggregates
         ]
@@ -99,12 +112,69 @@ def rollup_day(*, account: Account, day: dt.date) -> RollupResult:
                 merged[bucket] = row
         DailyUsage.objects.filter(account=account, day=day).delete()
         DailyUsage.objects.bulk_create(merged.values())
+        run_rows = _rollup_runs(account=account, day=day, records=records, through=through)
     return RollupResult(
         account_id=account.pk,
         day=day,
         rows=len(merged),
         requests=sum(r.requests for r in merged.values()),
+        run_rows=run_rows,
     )
+
+
+def _rollup_runs(
+    *,
+    account: Account,
+    day: dt.date,
+    records: QuerySet[UsageRecord],
+    through: dt.datetime | None,
+) -> int:
+    """RunDailyUsage rows of `day` from the same records as its DailyUsage rows; returns
+    how many rows the day has.
+
+    Bounded by `through`: a record committed between the two statements must not be in
+    the run rows while also counting as live (it is stamped after the watermark). Only
+    rows whose totals changed are rewritten: a busy day has thousands of runs, and the
+    per-minute rollup would otherwise rewrite every one of them every minute.
+    """
+    fresh: dict[str, tuple[int, int, int]] = {}
+    if through is not None:
+        for a in (
+            records.filter(created_at__lte=through)
+            .exclude(run_id="")
+            .values("run_id")
+            .annotate(cost=Sum("cost_micros"), saved=Sum("saved_micros"), n=Count("id"))
+            .order_by()
+        ):
+            fresh[a["run_id"]] = (int(a["cost"] or 0), int(a["saved"] or 0), a["n"])
+    kept = 0
+    stale: list[int] = []
+    existing = RunDailyUsage.objects.filter(account=account, day=day).values_list(
+        "pk", "run_id", "cost_micros", "saved_micros", "requests"
+    )
+    for pk, run_id, cost, saved, n in existing:
+        if fresh.get(run_id) == (cost, saved, n):
+            del fresh[run_id]
+            kept += 1
+        else:
+            stale.append(pk)
+    for i in range(0, len(stale), BATCH):
+        RunDailyUsage.objects.filter(pk__in=stale[i : i + BATCH]).delete()
+    RunDailyUsage.objects.bulk_create(
+        (
+            RunDailyUsage(
+                account=account,
+                day=day,
+                run_id=run_id,
+                cost_micros=cost,
+                saved_micros=saved,
+                requests=n,
+            )
+            for run_id, (cost, saved, n) in fresh.items()
+        ),
+        batch_size=BATCH,
+    )
+    return kept + len(fresh)
 
 
 def accounts_with_usage_since(since: dt.datetime) -> list[Account]:

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from billing import tasks
-from budgets.models import DailyUsage, UsageRecord
+from budgets.models import DailyUsage, RunDailyUsage, UsageRecord
 
 from .factories import subscription
 
@@ -16,6 +16,9 @@ def usage(account, days_ago: int) -> UsageRecord:
     now = timezone.now()
     DailyUsage.objects.create(
         account=account, model="gpt-4o-mini", day=(now - timedelta(days=days_ago)).date()
+    )
+    RunDailyUsage.objects.create(
+        account=account, run_id="nightly", day=(now - timedelta(days=days_ago)).date()
     )
     return UsageRecord.objects.create(
         account=account,
@@ -41,6 +44,7 @@ def test_nightly_purge_keeps_each_plans_history(owner, outsider) -> None:
         assert (owner.account.pk, (timezone.now() - timedelta(days=9)).date()) not in days
         assert (owner.account.pk, (timezone.now() - timedelta(days=6)).date()) in days
         assert (outsider.account.pk, (timezone.now() - timedelta(days=80)).date()) in days
+        assert set(RunDailyUsage.objects.values_list("account_id", "day")) == days
 
 
 def test_purge_is_scheduled_nightly() -> None:

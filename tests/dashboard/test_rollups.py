@@ -7,7 +7,7 @@ import pytest
 import time_machine
 from django.db import connection
 
-from budgets.models import DailyUsage
+from budgets.models import DailyUsage, RunDailyUsage, UsageRecord
 from budgets.rollups import rollup_day, rollup_recent, rollup_yesterday
 from tests.dashboard.conftest import make_key, record
 
@@ -24,6 +24,14 @@ def _rows(account):  # type: ignore[no-untyped-def]
             "saved_micros",
             "requests",
             "cache_hits",
+        )
+    )
+
+
+def _run_rows(account):  # type: ignore[no-untyped-def]
+    return sorted(
+        RunDailyUsage.objects.filter(account=account).values_list(
+            "day", "run_id", "cost_micros", "saved_micros", "requests"
         )
     )
 
@@ -78,7 +86,7 @@ def test_concurrent_rollups_of_one_day_leave_one_set_of_rows(owner, key) -> None
         pytest.skip("needs a server database for real concurrency")
     at = dt.datetime(2026, 11, 2, 5, 0, tzinfo=dt.UTC)
     for i in range(20):
-        record(owner.account, key, at + dt.timedelta(minutes=i), cost=100)
+        record(owner.account, key, at + dt.timedelta(minutes=i), cost=100, run_id=f"r{i % 2}")
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -96,6 +104,10 @@ def test_concurrent_rollups_of_one_day_leave_one_set_of_rows(owner, key) -> None
         t.join(timeout=60)
     assert errors == []
     assert _rows(owner.account) == [(at.date(), key.pk, "gpt-4o-mini", 2000, 0, 20, 0)]
+    assert _run_rows(owner.account) == [
+        (at.date(), "r0", 1000, 0, 10),
+        (at.date(), "r1", 1000, 0, 10),
+    ]
 
 
 def test_rollup_recent_refreshes_today_in_the_account_zone(owner, key) -> None:  # type: ignore[no-untyped-def]
@@ -119,3 +131,66 @@ def test_rollup_yesterday_closes_the_day_after_local_midnight_only(owner, key) -
     with time_machine.travel(dt.datetime(2026, 11, 2, 19, 5, tzinfo=dt.UTC), tick=False):
         results = rollup_yesterday()  # 00:35 local on the 3rd
     assert [(r.day, r.requests) for r in results] == [(dt.date(2026, 11, 2), 1)]
+
+
+def test_rollup_writes_run_totals_per_local_day(owner, key) -> None:  # type: ignore[no-untyped-def]
+    owner.account.timezone = "Asia/Kolkata"
+    owner.account.save()
+    other = make_key(owner.account, "dev")
+    # 23:00 UTC on the 1st is 04:30 on the 2nd in Kolkata; 18:00 UTC is 23:30 on the 1st.
+    record(owner.account, key, dt.datetime(2026, 11, 1, 23, 0, tzinfo=dt.UTC), cost=500, run_id="a")
+    record(
+        owner.account, other, dt.datetime(2026, 11, 2, 5, 0, tzinfo=dt.UTC), cost=700, run_id="a"
+    )
+    record(
+        owner.account,
+        key,
+        dt.datetime(2026, 11, 2, 6, 0, tzinfo=dt.UTC),
+        saved=300,
+        hit=True,
+        run_id="b",
+    )
+    record(owner.account, key, dt.datetime(2026, 11, 2, 6, 0, tzinfo=dt.UTC), cost=9)  # no run
+    record(owner.account, key, dt.datetime(2026, 11, 1, 18, 0, tzinfo=dt.UTC), cost=1, run_id="a")
+
+    result = rollup_day(account=owner.account, day=dt.date(2026, 11, 2))
+
+    assert result.run_rows == 2
+    assert _run_rows(owner.account) == [
+        (dt.date(2026, 11, 2), "a", 1200, 0, 2),
+        (dt.date(2026, 11, 2), "b", 0, 300, 1),
+    ]
+
+
+def test_rollup_twice_gives_the_same_run_rows_and_rewrites_only_changed_runs(owner, key) -> None:  # type: ignore[no-untyped-def]
+    at = dt.datetime(2026, 11, 2, 5, 0, tzinfo=dt.UTC)
+    record(owner.account, key, at, cost=700, run_id="steady")
+    record(owner.account, key, at, cost=100, run_id="busy")
+    gone = record(owner.account, key, at, cost=5, run_id="gone")
+    rollup_day(account=owner.account, day=at.date())
+    first = _run_rows(owner.account)
+    steady_pk = RunDailyUsage.objects.get(run_id="steady").pk
+
+    rollup_day(account=owner.account, day=at.date())
+    assert _run_rows(owner.account) == first
+
+    record(owner.account, key, at + dt.timedelta(minutes=1), cost=1, run_id="busy")
+    UsageRecord.objects.filter(pk=gone.pk).delete()
+    rollup_day(account=owner.account, day=at.date())
+    assert _run_rows(owner.account) == [
+        (at.date(), "busy", 101, 0, 2),
+        (at.date(), "steady", 700, 0, 1),
+    ]
+    # A busy day has thousands of runs: the per-minute rollup leaves unchanged ones alone.
+    assert RunDailyUsage.objects.get(run_id="steady").pk == steady_pk
+
+
+def test_rollup_marks_each_day_with_the_newest_record_it_read(owner, key) -> None:  # type: ignore[no-untyped-def]
+    at = dt.datetime(2026, 11, 2, 5, 0, tzinfo=dt.UTC)
+    record(owner.account, key, at, cost=1)
+    record(owner.account, None, at + dt.timedelta(hours=2), cost=1)  # another row of the day
+    rollup_day(account=owner.account, day=at.date())
+    marks = set(
+        DailyUsage.objects.filter(account=owner.account).values_list("records_through", flat=True)
+    )
+    assert marks == {at + dt.timedelta(hours=2)}
