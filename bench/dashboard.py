@@ -77,7 +77,9 @@ def add_live_tail(account: Account, count: int) -> None:
     runs = list(
         UsageRecord.objects.filter(account=account)
         .exclude(run_id="")
-        .values_list("run_id", flat=True)[:50]
+        .values_list("run_id", flat=True)
+        .order_by("run_id")
+        .distinct()[:50]
     ) or ["run-tail"]
     UsageRecord.objects.bulk_create(
         UsageRecord(
@@ -137,7 +139,7 @@ def ensure_rollup_day(email: str, records: int) -> tuple[Account, dt.date]:
                     endpoint="chat.completions",
                     model=models[i % 4],
                     # A quarter of the requests belong to one of 500 agent runs.
-                    run_id=f"run-{i % 500:03d}" if i % 4 == 0 else "",
+                    run_id=f"run-{i // 4 % 500:03d}" if i % 4 == 0 else "",
                     input_tokens=500,
                     output_tokens=200,
                     cost_micros=0 if hit else 300,

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models import Case, Count, F, Q, QuerySet, Sum, Value, When
 from django.utils import timezone
 
 from accounts.models import Account
@@ -30,6 +30,8 @@ from .rollups import local_day_bounds
 CHART_PERIODS = (7, 30, 90)
 DEFAULT_CHART_DAYS = 30
 RECENT_PAGE_SIZE = 25
+# Top runs look up the rolled-up totals of runs with live spend in one IN list, up to this.
+MAX_LIVE_RUNS = 500
 
 
 @dataclass(frozen=True)
@@ -382,36 +384,34 @@ def top_runs(*, account: Account, snapshot: UsageSnapshot, limit: int = 10) -> l
     # Today's run rows count only with the watermark they were written under (see
     # today_usage); without one, today is counted live.
     last_day = window.today if through is not None else window.today - dt.timedelta(days=1)
-    rolled = (
-        RunDailyUsage.objects.filter(
-            account=account, day__gte=window.month_first, day__lte=last_day
-        )
-        .values("run_id")
-        .annotate(cost=Sum("cost_micros"), saved=Sum("saved_micros"), n=Sum("requests"))
-        .order_by()
-    )
     live = {
-        row["run_id"]: row
+        row["run_id"]: RunRow.from_row(row)
         for row in _today_after(account, window, through)
         .exclude(run_id="")
         .values("run_id")
         .annotate(cost=Sum("cost_micros"), saved=Sum("saved_micros"), n=Count("id"))
         .order_by()
     }
-    runs: dict[str, RunRow] = {}
-    for row in rolled.order_by("-cost", "run_id")[:limit]:
-        runs[row["run_id"]] = RunRow.from_row(row)
-    # Spend only grows, so a run outside the rolled-up top `limit` can enter it only through
-    # live spend: only those runs' rolled-up totals are needed, not every run's.
-    others = {run_id for run_id in live if run_id not in runs}
-    if others:
-        # A long tail (the rollup has stopped) would not fit in one IN list: read them all.
-        wanted = rolled.filter(run_id__in=others) if len(others) <= 500 else rolled
-        for row in wanted:
-            if row["run_id"] in others:
-                runs[row["run_id"]] = RunRow.from_row(row)
+    per_run = (
+        RunDailyUsage.objects.filter(
+            account=account, day__gte=window.month_first, day__lte=last_day
+        )
+        .values("run_id")
+        .annotate(cost=Sum("cost_micros"), saved=Sum("saved_micros"), n=Sum("requests"))
+    )
+    if not live:
+        picked = per_run.order_by("-cost", "run_id")[:limit]
+    elif len(live) <= MAX_LIVE_RUNS:
+        # Spend only grows, so the month's top runs are among the rolled-up top `limit` and
+        # the runs with live spend: one pass returns both, the live ones first.
+        picked = per_run.annotate(
+            is_live=Case(When(run_id__in=list(live), then=Value(1)), default=Value(0))
+        ).order_by("-is_live", "-cost", "run_id")[: limit + len(live)]
+    else:  # a long tail (the rollup has stopped) would not fit in one IN list
+        picked = per_run.order_by()
+    runs = {row["run_id"]: RunRow.from_row(row) for row in picked}
     for run_id, row in live.items():
-        runs[run_id] = runs.get(run_id, RunRow(run_id=run_id)).plus(RunRow.from_row(row))
+        runs[run_id] = runs.get(run_id, RunRow(run_id=run_id)).plus(row)
     return sorted(runs.values(), key=lambda r: (-r.cost, r.run_id))[:limit]
 
 

@@ -10,8 +10,9 @@ import pytest
 import time_machine
 from django.urls import reverse
 
-from budgets.models import DailyUsage, RunDailyUsage
+from budgets.models import DailyUsage, RunDailyUsage, UsageRecord
 from budgets.rollups import rollup_day
+from budgets.selectors import MAX_LIVE_RUNS
 from tests.dashboard.conftest import make_key, record
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
@@ -138,6 +139,34 @@ def test_a_run_outside_the_rolled_up_top_ten_climbs_in_with_live_spend(owner, ke
     runs = _runs(_page(owner))
 
     assert len(runs) == 10
+    assert runs[0] == ("run-00", 250, 2)
+    assert [r[0] for r in runs[1:]] == [f"run-{i:02d}" for i in range(11, 2, -1)]
+
+
+def test_top_runs_stay_right_when_hundreds_of_runs_are_live(owner, key) -> None:  # type: ignore[no-untyped-def]
+    """The rollup has stopped for a while: too many live runs for one IN list."""
+    earlier = NOW - dt.timedelta(days=2)
+    for i in range(12):
+        record(owner.account, key, earlier, cost=100 + i, run_id=f"run-{i:02d}")
+    rollup_day(account=owner.account, day=earlier.date())
+    UsageRecord.objects.bulk_create(
+        UsageRecord(
+            account=owner.account,
+            api_key=key,
+            endpoint="chat.completions",
+            model="gpt-4o-mini",
+            run_id=f"live-{i:03d}",
+            cost_micros=1,
+            cache_status="MISS",
+            http_status=200,
+            created_at=NOW - dt.timedelta(minutes=30),
+        )
+        for i in range(MAX_LIVE_RUNS + 1)
+    )
+    record(owner.account, key, NOW - dt.timedelta(seconds=5), cost=150, run_id="run-00")
+
+    runs = _runs(_page(owner))
+
     assert runs[0] == ("run-00", 250, 2)
     assert [r[0] for r in runs[1:]] == [f"run-{i:02d}" for i in range(11, 2, -1)]
 
