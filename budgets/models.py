@@ -147,7 +147,8 @@ class RunDailyUsage(models.Model):
     """Usage of one agent run (requests tagged with X-BudgetLLM-Run-Id) per local day.
 
     Written by the same rollup as DailyUsage (budgets.rollups.rollup_day), in the same
-    transaction, from records up to the same `DailyUsage.records_through`.
+    transaction, from records up to the same `DailyUsage.records_through`. It is what the
+    rollup compares a day against, to keep RunMonthlyUsage up to date by difference.
     """
 
     # No index of its own: the unique constraint below leads with the account.
@@ -163,9 +164,8 @@ class RunDailyUsage(models.Model):
     class Meta:
         constraints = [
             # One row per run and local day, so a rollup run twice (or two at once, under
-            # the account lock) leaves one set of rows. Its (account, day) prefix also
-            # serves the dashboard's "top runs this month" (budgets.selectors.top_runs):
-            # one account's days in a range.
+            # the account lock) leaves one set of rows. Its (account, day) prefix serves
+            # the rollup reading a day's rows back, and today's rows for top runs.
             models.UniqueConstraint(
                 fields=["account", "day", "run_id"], name="rundailyusage_account_day_run_uniq"
             ),
@@ -173,6 +173,44 @@ class RunDailyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.run_id} {self.cost_micros}µ$"
+
+
+class RunMonthlyUsage(models.Model):
+    """An agent run's usage in one local calendar month: the sum of the RunDailyUsage rows
+    the rollup wrote for it in that month (rows the history purge deleted later included).
+
+    The rollup adds the difference it makes to a day's run rows, in the same transaction,
+    so top runs read ten rows of an index instead of summing every run's every day.
+    """
+
+    # No index of its own: the constraint and index below lead with the account.
+    account = models.ForeignKey(
+        Account, on_delete=models.CASCADE, related_name="run_monthly_usage", db_index=False
+    )
+    month = models.DateField()  # the first day of the local month
+    run_id = models.CharField(max_length=128)
+    cost_micros = models.BigIntegerField(default=0)
+    saved_micros = models.BigIntegerField(default=0)
+    requests = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            # One row per run and month. Also serves the rollup and top runs looking up
+            # given runs' months (budgets.selectors.top_runs, the live runs).
+            models.UniqueConstraint(
+                fields=["account", "month", "run_id"], name="runmonthlyusage_acct_month_run_uniq"
+            ),
+        ]
+        indexes = [
+            # Dashboard "top runs this month" (budgets.selectors.top_runs): the first rows of
+            # one account's month by spend, read in index order.
+            models.Index(
+                fields=["account", "month", "-cost_micros", "run_id"], name="runmonthly_top_spend"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.run_id} {self.cost_micros}µ$"
 
 
 class ModelPrice(models.Model):

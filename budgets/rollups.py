@@ -1,5 +1,6 @@
-"""UsageRecord → DailyUsage (one row per account, key, model and local day) and
-RunDailyUsage (one row per account, agent run and local day).
+"""UsageRecord → DailyUsage (one row per account, key, model and local day),
+RunDailyUsage (one row per account, agent run and local day) and RunMonthlyUsage (one
+row per account, agent run and local month, kept by difference from the day rows).
 
 A day is the account's local calendar day (its IANA time zone), so a chart bar is
 what the user calls "Tuesday". Rolling up a day recomputes that day's rows from the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.db import transaction
 from django.db.models import Count, Max, Q, QuerySet, Sum
@@ -21,7 +23,7 @@ from django.utils import timezone
 
 from accounts.models import Account
 
-from .models import DailyUsage, RunDailyUsage, UsageRecord
+from .models import DailyUsage, RunDailyUsage, RunMonthlyUsage, UsageRecord
 
 # Records are stamped when the request starts but written when it settles; a long stream
 # lands minutes later. The per-minute run looks back this far for accounts to refresh.
@@ -122,6 +124,21 @@ def rollup_day(*, account: Account, day: dt.date) -> RollupResult:
     )
 
 
+class RunSums(NamedTuple):
+    cost: int
+    saved: int
+    n: int
+
+    def plus(self, other: RunSums) -> RunSums:
+        return RunSums(self.cost + other.cost, self.saved + other.saved, self.n + other.n)
+
+    def minus(self, other: RunSums) -> RunSums:
+        return RunSums(self.cost - other.cost, self.saved - other.saved, self.n - other.n)
+
+
+NO_RUN_SUMS = RunSums(0, 0, 0)
+
+
 def _rollup_runs(
     *,
     account: Account,
@@ -129,15 +146,15 @@ def _rollup_runs(
     records: QuerySet[UsageRecord],
     through: dt.datetime | None,
 ) -> int:
-    """RunDailyUsage rows of `day` from the same records as its DailyUsage rows; returns
-    how many rows the day has.
+    """RunDailyUsage rows of `day` from the same records as its DailyUsage rows, and the
+    difference they make added to RunMonthlyUsage; returns how many run rows the day has.
 
     Bounded by `through`: a record committed between the two statements must not be in
     the run rows while also counting as live (it is stamped after the watermark). Only
-    rows whose totals changed are rewritten: a busy day has thousands of runs, and the
+    runs whose totals changed are rewritten: a busy day has thousands of runs, and the
     per-minute rollup would otherwise rewrite every one of them every minute.
     """
-    fresh: dict[str, tuple[int, int, int]] = {}
+    fresh: dict[str, RunSums] = {}
     if through is not None:
         for a in (
             records.filter(created_at__lte=through)
@@ -146,18 +163,23 @@ def _rollup_runs(
             .annotate(cost=Sum("cost_micros"), saved=Sum("saved_micros"), n=Count("id"))
             .order_by()
         ):
-            fresh[a["run_id"]] = (int(a["cost"] or 0), int(a["saved"] or 0), a["n"])
+            fresh[a["run_id"]] = RunSums(int(a["cost"] or 0), int(a["saved"] or 0), a["n"])
     kept = 0
     stale: list[int] = []
+    change: dict[str, RunSums] = {}
     existing = RunDailyUsage.objects.filter(account=account, day=day).values_list(
         "pk", "run_id", "cost_micros", "saved_micros", "requests"
     )
     for pk, run_id, cost, saved, n in existing:
-        if fresh.get(run_id) == (cost, saved, n):
+        old = RunSums(cost, saved, n)
+        if fresh.get(run_id) == old:
             del fresh[run_id]
             kept += 1
         else:
             stale.append(pk)
+            change[run_id] = NO_RUN_SUMS.minus(old)
+    for run_id, new in fresh.items():
+        change[run_id] = change.get(run_id, NO_RUN_SUMS).plus(new)
     for i in range(0, len(stale), BATCH):
         RunDailyUsage.objects.filter(pk__in=stale[i : i + BATCH]).delete()
     RunDailyUsage.objects.bulk_create(
@@ -166,15 +188,49 @@ def _rollup_runs(
                 account=account,
                 day=day,
                 run_id=run_id,
-                cost_micros=cost,
-                saved_micros=saved,
-                requests=n,
+                cost_micros=new.cost,
+                saved_micros=new.saved,
+                requests=new.n,
             )
-            for run_id, (cost, saved, n) in fresh.items()
+            for run_id, new in fresh.items()
         ),
         batch_size=BATCH,
     )
+    _run_months_add(account=account, month=day.replace(day=1), change=change)
     return kept + len(fresh)
+
+
+def _run_months_add(*, account: Account, month: dt.date, change: dict[str, RunSums]) -> None:
+    """Add what a day's run rows changed by to their month's rows. By difference rather
+    than re-summing the month's days: the history purge deletes old days, and a month's
+    total must not shrink for some runs only (those the rollup happens to touch)."""
+    runs = sorted(change)
+    for i in range(0, len(runs), BATCH):
+        chunk = runs[i : i + BATCH]
+        current = {
+            row.run_id: row
+            for row in RunMonthlyUsage.objects.filter(
+                account=account, month=month, run_id__in=chunk
+            )
+        }
+        rows = []
+        for run_id in chunk:
+            row = current.get(run_id)
+            was = RunSums(row.cost_micros, row.saved_micros, row.requests) if row else NO_RUN_SUMS
+            total = was.plus(change[run_id])
+            if total.n > 0:
+                rows.append(
+                    RunMonthlyUsage(
+                        account=account,
+                        month=month,
+                        run_id=run_id,
+                        cost_micros=total.cost,
+                        saved_micros=total.saved,
+                        requests=total.n,
+                    )
+                )
+        RunMonthlyUsage.objects.filter(pk__in=[row.pk for row in current.values()]).delete()
+        RunMonthlyUsage.objects.bulk_create(rows)
 
 
 def accounts_with_usage_since(since: dt.datetime) -> list[Account]:

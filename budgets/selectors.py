@@ -17,21 +17,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Case, Count, F, Q, QuerySet, Sum, Value, When
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import Account
 from keys.models import ApiKey
 
 from .display import percent
-from .models import Cap, DailyUsage, RunDailyUsage, UsageRecord
+from .models import Cap, DailyUsage, RunDailyUsage, RunMonthlyUsage, UsageRecord
 from .rollups import local_day_bounds
 
 CHART_PERIODS = (7, 30, 90)
 DEFAULT_CHART_DAYS = 30
 RECENT_PAGE_SIZE = 25
-# Top runs look up the rolled-up totals of runs with live spend in one IN list, up to this.
-MAX_LIVE_RUNS = 500
+# Runs per IN list when top runs look up the month rows of runs with live spend.
+LOOKUP_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -338,6 +338,14 @@ class RunRow:
             n=self.n + other.n,
         )
 
+    def minus(self, other: RunRow) -> RunRow:
+        return RunRow(
+            run_id=self.run_id,
+            cost=self.cost - other.cost,
+            saved=self.saved - other.saved,
+            n=self.n - other.n,
+        )
+
 
 @dataclass(frozen=True)
 class Row:
@@ -378,13 +386,11 @@ def spend_by_model(*, snapshot: UsageSnapshot) -> list[Row]:
 
 def top_runs(*, account: Account, snapshot: UsageSnapshot, limit: int = 10) -> list[RunRow]:
     """The month's most expensive agent runs (requests tagged with a run id): the run
-    rollup for the month's days, plus today's records the rollup has not read yet."""
+    rollup's month rows, plus today's records the rollup has not read yet."""
     window = snapshot.window
     through = snapshot.rolled_through
-    # Today's run rows count only with the watermark they were written under (see
-    # today_usage); without one, today is counted live.
-    last_day = window.today if through is not None else window.today - dt.timedelta(days=1)
-    live = {
+    # What to add to (or take from) a run's month row.
+    change: dict[str, RunRow] = {
         row["run_id"]: RunRow.from_row(row)
         for row in _today_after(account, window, through)
         .exclude(run_id="")
@@ -392,27 +398,32 @@ def top_runs(*, account: Account, snapshot: UsageSnapshot, limit: int = 10) -> l
         .annotate(cost=Sum("cost_micros"), saved=Sum("saved_micros"), n=Count("id"))
         .order_by()
     }
-    per_run = (
-        RunDailyUsage.objects.filter(
-            account=account, day__gte=window.month_first, day__lte=last_day
-        )
-        .values("run_id")
-        .annotate(cost=Sum("cost_micros"), saved=Sum("saved_micros"), n=Sum("requests"))
+    if through is None:
+        # Today counted live (see today_usage): take out any run rows a rollup wrote for
+        # today under a watermark we cannot see, rather than count them twice.
+        for row in RunDailyUsage.objects.filter(account=account, day=window.today).values(
+            "run_id", cost=F("cost_micros"), saved=F("saved_micros"), n=F("requests")
+        ):
+            run_id = row["run_id"]
+            change[run_id] = change.get(run_id, RunRow(run_id)).minus(RunRow.from_row(row))
+    month = RunMonthlyUsage.objects.filter(account=account, month=window.month_first).values_list(
+        "run_id", "cost_micros", "saved_micros", "requests"
     )
-    if not live:
-        picked = per_run.order_by("-cost", "run_id")[:limit]
-    elif len(live) <= MAX_LIVE_RUNS:
-        # Spend only grows, so the month's top runs are among the rolled-up top `limit` and
-        # the runs with live spend: one pass returns both, the live ones first.
-        picked = per_run.annotate(
-            is_live=Case(When(run_id__in=list(live), then=Value(1)), default=Value(0))
-        ).order_by("-is_live", "-cost", "run_id")[: limit + len(live)]
-    else:  # a long tail (the rollup has stopped) would not fit in one IN list
-        picked = per_run.order_by()
-    runs = {row["run_id"]: RunRow.from_row(row) for row in picked}
-    for run_id, row in live.items():
-        runs[run_id] = runs.get(run_id, RunRow(run_id=run_id)).plus(row)
-    return sorted(runs.values(), key=lambda r: (-r.cost, r.run_id))[:limit]
+    # Only a run whose spend goes down can leave the month's top `limit` and let the next
+    # one in, so the answer is among the first `limit + lowered` rows (read in index
+    # order: usually just `limit`) and the changed runs.
+    lowered = sum(1 for delta in change.values() if delta.cost < 0)
+    runs = {
+        row[0]: RunRow(*row) for row in month.order_by("-cost_micros", "run_id")[: limit + lowered]
+    }
+    missing = sorted(run_id for run_id in change if run_id not in runs)
+    for i in range(0, len(missing), LOOKUP_BATCH):
+        for found in month.filter(run_id__in=missing[i : i + LOOKUP_BATCH]):
+            runs[found[0]] = RunRow(*found)
+    for run_id, delta in change.items():
+        runs[run_id] = runs.get(run_id, RunRow(run_id)).plus(delta)
+    ranked = sorted((r for r in runs.values() if r.n > 0), key=lambda r: (-r.cost, r.run_id))
+    return ranked[:limit]
 
 
 def recent_requests(*, account: Account, page: int) -> tuple[list[UsageRecord], bool]:

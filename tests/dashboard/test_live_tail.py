@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from budgets.models import DailyUsage, RunDailyUsage, UsageRecord
 from budgets.rollups import rollup_day
-from budgets.selectors import MAX_LIVE_RUNS
+from budgets.selectors import LOOKUP_BATCH
 from tests.dashboard.conftest import make_key, record
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
@@ -143,6 +143,23 @@ def test_a_run_outside_the_rolled_up_top_ten_climbs_in_with_live_spend(owner, ke
     assert [r[0] for r in runs[1:]] == [f"run-{i:02d}" for i in range(11, 2, -1)]
 
 
+def test_a_run_that_loses_spend_lets_the_next_one_into_the_top_ten(owner, key) -> None:  # type: ignore[no-untyped-def]
+    """Today's rows without a watermark are taken out and today counted live; a run whose
+    records are gone by then drops out, and the eleventh run (yesterday's) moves up."""
+    yesterday = NOW - dt.timedelta(days=1)
+    record(owner.account, key, yesterday, cost=100, run_id="run-00")
+    rollup_day(account=owner.account, day=yesterday.date())
+    for i in range(1, 11):
+        record(owner.account, key, NOW - dt.timedelta(hours=1), cost=100 + i, run_id=f"run-{i:02d}")
+    rollup_day(account=owner.account, day=NOW.date())
+    DailyUsage.objects.filter(account=owner.account).update(records_through=None)
+    UsageRecord.objects.filter(run_id="run-10").delete()
+
+    runs = _runs(_page(owner))
+
+    assert [r[0] for r in runs] == [f"run-{i:02d}" for i in range(9, -1, -1)]
+
+
 def test_top_runs_stay_right_when_hundreds_of_runs_are_live(owner, key) -> None:  # type: ignore[no-untyped-def]
     """The rollup has stopped for a while: too many live runs for one IN list."""
     earlier = NOW - dt.timedelta(days=2)
@@ -161,7 +178,7 @@ def test_top_runs_stay_right_when_hundreds_of_runs_are_live(owner, key) -> None:
             http_status=200,
             created_at=NOW - dt.timedelta(minutes=30),
         )
-        for i in range(MAX_LIVE_RUNS + 1)
+        for i in range(LOOKUP_BATCH + 1)
     )
     record(owner.account, key, NOW - dt.timedelta(seconds=5), cost=150, run_id="run-00")
 
