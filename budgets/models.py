@@ -143,23 +143,31 @@ class DailyUsage(models.Model):
         return f"{self.day} {self.model} {self.cost_micros}µ$"
 
 
-class RunDailyUsage(models.Model):
-    """Usage of one agent run (requests tagged with X-BudgetLLM-Run-Id) per local day.
+class RunUsage(models.Model):
+    """What one agent run (requests tagged with X-BudgetLLM-Run-Id) spent in a period."""
+
+    # No index of its own: each table's unique constraint leads with the account.
+    account = models.ForeignKey(
+        Account, on_delete=models.CASCADE, related_name="%(class)s", db_index=False
+    )
+    run_id = models.CharField(max_length=128)
+    cost_micros = models.BigIntegerField(default=0)
+    saved_micros = models.BigIntegerField(default=0)
+    requests = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class RunDailyUsage(RunUsage):
+    """A run's usage per local day.
 
     Written by the same rollup as DailyUsage (budgets.rollups.rollup_day), in the same
     transaction, from records up to the same `DailyUsage.records_through`. It is what the
     rollup compares a day against, to keep RunMonthlyUsage up to date by difference.
     """
 
-    # No index of its own: the unique constraint below leads with the account.
-    account = models.ForeignKey(
-        Account, on_delete=models.CASCADE, related_name="run_daily_usage", db_index=False
-    )
     day = models.DateField()
-    run_id = models.CharField(max_length=128)
-    cost_micros = models.BigIntegerField(default=0)
-    saved_micros = models.BigIntegerField(default=0)
-    requests = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -175,23 +183,15 @@ class RunDailyUsage(models.Model):
         return f"{self.day} {self.run_id} {self.cost_micros}µ$"
 
 
-class RunMonthlyUsage(models.Model):
-    """An agent run's usage in one local calendar month: the sum of the RunDailyUsage rows
-    the rollup wrote for it in that month (rows the history purge deleted later included).
+class RunMonthlyUsage(RunUsage):
+    """A run's usage per local calendar month: the sum of the RunDailyUsage rows the
+    rollup wrote for it in that month (rows the history purge deleted later included).
 
     The rollup adds the difference it makes to a day's run rows, in the same transaction,
     so top runs read ten rows of an index instead of summing every run's every day.
     """
 
-    # No index of its own: the constraint and index below lead with the account.
-    account = models.ForeignKey(
-        Account, on_delete=models.CASCADE, related_name="run_monthly_usage", db_index=False
-    )
     month = models.DateField()  # the first day of the local month
-    run_id = models.CharField(max_length=128)
-    cost_micros = models.BigIntegerField(default=0)
-    saved_micros = models.BigIntegerField(default=0)
-    requests = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [
