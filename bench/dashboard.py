@@ -36,7 +36,7 @@ from django.utils import timezone  # noqa: E402
 
 from accounts.models import Account, User  # noqa: E402
 from accounts.services import user_get_or_create  # noqa: E402
-from budgets.models import UsageRecord  # noqa: E402
+from budgets.models import DailyUsage, RunDailyUsage, RunMonthlyUsage, UsageRecord  # noqa: E402
 from budgets.rollups import local_day_bounds, local_today, rollup_day  # noqa: E402
 
 P95_TARGET_MS = 150.0
@@ -197,6 +197,9 @@ def main() -> int:
     rollup_account, day = ensure_rollup_day(
         args.email.replace("@", "+rollup@"), args.rollup_records
     )
+    # From scratch (the day's first rollup), then again over the rows it wrote.
+    for rollup_model in (DailyUsage, RunDailyUsage, RunMonthlyUsage):
+        rollup_model.objects.filter(account=rollup_account).delete()
     t0 = time.perf_counter()
     result = rollup_day(account=rollup_account, day=day)
     rollup_s = time.perf_counter() - t0

@@ -54,7 +54,7 @@ class RollupResult:
 
 def rollup_day(*, account: Account, day: dt.date) -> RollupResult:
     """Recompute `account`'s DailyUsage and RunDailyUsage rows for local `day` from its
-    usage records."""
+    usage records, and bring the RunMonthlyUsage rows of its month along."""
     start, end = local_day_bounds(account.tz, day)
     with transaction.atomic():
         # Serialises rollups of one account: a concurrent run waits here and then
