@@ -470,7 +470,10 @@ def usage_history_purge(*, now: datetime | None = None) -> dict[str, int]:
     for days, ids in groups:
         cutoff = now - timedelta(days=days)
         records = UsageRecord.objects.filter(created_at__lt=cutoff)
-        first_kept_day = (cutoff - timedelta(days=1)).date()
+        # Daily aggregates of the current month stay whatever the plan keeps: "spend
+        # this month" on the dashboard adds them up (a day of margin for time zones).
+        month_start = now.date().replace(day=1) - timedelta(days=1)
+        first_kept_day = min((cutoff - timedelta(days=1)).date(), month_start)
         rollups = [
             DailyUsage.objects.filter(day__lt=first_kept_day),
             RunDailyUsage.objects.filter(day__lt=first_kept_day),

@@ -62,3 +62,14 @@ def test_purge_drops_a_runs_month_total_with_the_last_day_of_that_month(owner) -
 def test_purge_is_scheduled_nightly() -> None:
     entry = settings.CELERY_BEAT_SCHEDULE["billing-usage-history-purge"]
     assert entry["task"] == "billing.tasks.usage_history_purge"
+
+
+def test_purge_keeps_this_months_daily_totals_so_month_spend_stays_right(owner) -> None:  # type: ignore[no-untyped-def]
+    with time_machine.travel("2026-03-25 03:17Z"):  # Free keeps 7 days of requests
+        old_this_month = usage(owner.account, 22)  # 3 March
+        last_month = usage(owner.account, 30)  # 23 February
+        tasks.usage_history_purge.delay().get()
+        assert not UsageRecord.objects.filter(pk__in=[old_this_month.pk, last_month.pk]).exists()
+        days = set(DailyUsage.objects.values_list("day", flat=True))
+        assert date(2026, 3, 3) in days
+        assert date(2026, 2, 23) not in days
