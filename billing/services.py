@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from accounts.models import Account, Membership
 from accounts.team import team_members_restore, team_members_suspend
-from budgets.models import Cap, DailyUsage, UsageRecord
+from budgets.models import Cap, DailyUsage, RunDailyUsage, RunMonthlyUsage, UsageRecord
 from budgets.services import caps_changed
 from keys.models import ApiKey, ProviderKey
 
@@ -467,7 +467,9 @@ def usage_history_purge(*, now: datetime | None = None) -> dict[str, int]:
     for sub in Subscription.objects.filter(status__in=GRANTING_STATUSES):
         if subscription_grants(sub, now=now) and sub.plan in paid:
             paid[sub.plan].add(sub.account_id)
-    deleted = {"usage_records": 0, "daily_usage": 0}
+    deleted = dict.fromkeys(
+        ("usage_records", "daily_usage", "run_daily_usage", "run_monthly_usage"), 0
+    )
     # Highest plan first, so an account on two plans keeps the longer history.
     seen: set[int] = set()
     groups: list[tuple[int, set[int] | None]] = []
@@ -479,14 +481,26 @@ def usage_history_purge(*, now: datetime | None = None) -> dict[str, int]:
     for days, ids in groups:
         cutoff = now - timedelta(days=days)
         records = UsageRecord.objects.filter(created_at__lt=cutoff)
-        daily = DailyUsage.objects.filter(day__lt=(cutoff - timedelta(days=1)).date())
+        # Daily aggregates of the current month stay whatever the plan keeps: "spend
+        # this month" on the dashboard adds them up (a day of margin for time zones).
+        month_start = now.date().replace(day=1) - timedelta(days=1)
+        first_kept_day = min((cutoff - timedelta(days=1)).date(), month_start)
+        rollups = [
+            DailyUsage.objects.filter(day__lt=first_kept_day),
+            RunDailyUsage.objects.filter(day__lt=first_kept_day),
+            # A run's month total goes with the last day of its month.
+            RunMonthlyUsage.objects.filter(month__lt=first_kept_day.replace(day=1)),
+        ]
         if ids is None:
             records = records.exclude(account_id__in=seen)
-            daily = daily.exclude(account_id__in=seen)
+            rollups = [q.exclude(account_id__in=seen) for q in rollups]
         else:
             records = records.filter(account_id__in=ids)
-            daily = daily.filter(account_id__in=ids)
+            rollups = [q.filter(account_id__in=ids) for q in rollups]
         deleted["usage_records"] += records.delete()[0]
-        deleted["daily_usage"] += daily.delete()[0]
+        for name, q in zip(
+            ("daily_usage", "run_daily_usage", "run_monthly_usage"), rollups, strict=True
+        ):
+            deleted[name] += q.delete()[0]
     logger.info("usage history purged: %s", deleted)
     return deleted

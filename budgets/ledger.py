@@ -679,17 +679,18 @@ class RedisLedger(Ledger):
         return self._sync
 
     def aclient(self) -> tuple[Any, dict[str, Any]]:
-        """One asyncio client per event loop, created inside the running loop."""
-        import redis.asyncio as aredis
+        """One asyncio client per event loop, created inside the running loop.
+
+        The lean pipelined client (budgets/resp.py), not redis-py's asyncio one: reserve
+        and settle are on every proxied request, and redis-py spent ~170 µs of CPU per
+        round trip there against ~30 µs."""
+        from .resp import LeanRedis
 
         loop = asyncio.get_running_loop()
         entry = self._async.get(loop)
         if entry is None:
-            client = aredis.Redis.from_url(
-                self.url,
-                socket_timeout=self.timeout_seconds,
-                socket_connect_timeout=self.timeout_seconds,
-                decode_responses=True,
+            client = LeanRedis.from_url(
+                self.url, timeout=self.timeout_seconds, decode_responses=True
             )
             scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
             entry = (client, scripts)

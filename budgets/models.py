@@ -121,6 +121,11 @@ class DailyUsage(models.Model):
     cache_hits = models.PositiveIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    # The newest `created_at` among the records the rollup read for this day; the same on
+    # every row of the day. Readers count records stamped after it live, so today's figures
+    # are the rollup plus a small live tail instead of a scan of the whole day
+    # (budgets.selectors.today_usage). Null on rows written before it existed.
+    records_through = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -136,6 +141,76 @@ class DailyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.model} {self.cost_micros}µ$"
+
+
+class RunUsage(models.Model):
+    """What one agent run (requests tagged with X-BudgetLLM-Run-Id) spent in a period."""
+
+    # No index of its own: each table's unique constraint leads with the account.
+    account = models.ForeignKey(
+        Account, on_delete=models.CASCADE, related_name="%(class)s", db_index=False
+    )
+    run_id = models.CharField(max_length=128)
+    cost_micros = models.BigIntegerField(default=0)
+    saved_micros = models.BigIntegerField(default=0)
+    requests = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class RunDailyUsage(RunUsage):
+    """A run's usage per local day.
+
+    Written by the same rollup as DailyUsage (budgets.rollups.rollup_day), in the same
+    transaction, from records up to the same `DailyUsage.records_through`. It is what the
+    rollup compares a day against, to keep RunMonthlyUsage up to date by difference.
+    """
+
+    day = models.DateField()
+
+    class Meta:
+        constraints = [
+            # One row per run and local day, so a rollup run twice (or two at once, under
+            # the account lock) leaves one set of rows. Its (account, day) prefix serves
+            # the rollup reading a day's rows back, and today's rows for top runs.
+            models.UniqueConstraint(
+                fields=["account", "day", "run_id"], name="rundailyusage_account_day_run_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.run_id} {self.cost_micros}µ$"
+
+
+class RunMonthlyUsage(RunUsage):
+    """A run's usage per local calendar month: the sum of the RunDailyUsage rows the
+    rollup wrote for it in that month (rows the history purge deleted later included).
+
+    The rollup adds the difference it makes to a day's run rows, in the same transaction,
+    so top runs read ten rows of an index instead of summing every run's every day.
+    """
+
+    month = models.DateField()  # the first day of the local month
+
+    class Meta:
+        constraints = [
+            # One row per run and month. Also serves the rollup and top runs looking up
+            # given runs' months (budgets.selectors.top_runs, the live runs).
+            models.UniqueConstraint(
+                fields=["account", "month", "run_id"], name="runmonthlyusage_acct_month_run_uniq"
+            ),
+        ]
+        indexes = [
+            # Dashboard "top runs this month" (budgets.selectors.top_runs): the first rows of
+            # one account's month by spend, read in index order.
+            models.Index(
+                fields=["account", "month", "-cost_micros", "run_id"], name="runmonthly_top_spend"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.run_id} {self.cost_micros}µ$"
 
 
 class ModelPrice(models.Model):

@@ -1,9 +1,12 @@
 """Reads behind the dashboard and caps pages, all scoped to one account.
 
-Past days come from DailyUsage (the rollup); the current local day is aggregated live
-from UsageRecord over one indexed time window, so header numbers and today's bar are
-never stale, whatever the beat schedule is doing. Every figure is in micro-dollars and
-every window is in the account's time zone.
+Everything comes from the rollups (DailyUsage, RunDailyUsage), which Celery refreshes
+every minute for today, plus the records stamped after today's rollup read the day
+(`DailyUsage.records_through`), aggregated live: a minute or so of records rather than a
+scan of the whole day or month. A record that settles late (a long stream, stamped when
+it started) waits for the next rollup, so today's numbers are never more than a minute
+stale; if the rollup stops, only such late records are missing. Every figure is in
+micro-dollars and every window is in the account's time zone.
 """
 
 from __future__ import annotations
@@ -14,19 +17,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import Account
 from keys.models import ApiKey
 
 from .display import percent
-from .models import Cap, DailyUsage, UsageRecord
+from .models import Cap, DailyUsage, RunDailyUsage, RunMonthlyUsage, UsageRecord
 from .rollups import local_day_bounds
 
 CHART_PERIODS = (7, 30, 90)
 DEFAULT_CHART_DAYS = 30
 RECENT_PAGE_SIZE = 25
+# Runs per IN list when top runs look up the month rows of runs with live spend.
+LOOKUP_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,15 @@ Bucket = tuple[int, str]  # (api key id or 0, model)
 
 @dataclass
 class UsageSnapshot:
-    """Today's and this month's usage per (key, model): two queries feed every header
-    number, both breakdown tables and the cap progress."""
+    """Today's and this month's usage per (key, model): a handful of small queries feed
+    every header number, both breakdown tables and the cap progress."""
 
     window: Window
     today: dict[Bucket, Totals] = field(default_factory=dict)
     month: dict[Bucket, Totals] = field(default_factory=dict)
+    # Today's rollup covers the records stamped up to here; later ones were counted live.
+    # None: today has no usable rollup yet and all of it was counted live.
+    rolled_through: dt.datetime | None = None
 
     def total(self, which: str) -> Totals:
         out = Totals()
@@ -101,24 +109,67 @@ class UsageSnapshot:
         return out
 
 
+# The names _totals_from reads, and the DailyUsage columns behind them.
+DAILY_COLUMNS = {
+    "cost": "cost_micros",
+    "saved": "saved_micros",
+    "n": "requests",
+    "hits": "cache_hits",
+    "tin": "input_tokens",
+    "tout": "output_tokens",
+}
+
+
 def _totals_from(row: Mapping[str, Any]) -> Totals:
     return Totals(
-        cost_micros=row["cost"] or 0,
-        saved_micros=row["saved"] or 0,
-        requests=row["n"] or 0,
-        cache_hits=row["hits"] or 0,
-        input_tokens=row["tin"] or 0,
-        output_tokens=row["tout"] or 0,
+        cost_micros=int(row["cost"] or 0),
+        saved_micros=int(row["saved"] or 0),
+        requests=int(row["n"] or 0),
+        cache_hits=int(row["hits"] or 0),
+        input_tokens=int(row["tin"] or 0),
+        output_tokens=int(row["tout"] or 0),
     )
 
 
-def _today_live(account: Account, window: Window) -> dict[Bucket, Totals]:
-    rows = (
-        UsageRecord.objects.filter(
-            account=account,
-            created_at__gte=window.today_start,
-            created_at__lt=window.tomorrow_start,
+def _today_after(
+    account: Account, window: Window, through: dt.datetime | None
+) -> QuerySet[UsageRecord]:
+    """Today's records the rollup has not read: those stamped after its watermark (the
+    whole day when there is none). One range of the (account, created_at) index."""
+    records = UsageRecord.objects.filter(
+        account=account,
+        created_at__gte=window.today_start,
+        created_at__lt=window.tomorrow_start,
+    )
+    return records if through is None else records.filter(created_at__gt=through)
+
+
+def today_usage(
+    *, account: Account, window: Window
+) -> tuple[dict[Bucket, Totals], dt.datetime | None]:
+    """Today per (key, model), and the watermark of the rollup it used (or None).
+
+    Rows written without a watermark (before it existed) are ignored, and today counted
+    live: adding records after an unknown point could count some twice.
+    """
+    rolled = list(
+        DailyUsage.objects.filter(account=account, day=window.today).values(
+            "api_key_id_or_zero",
+            "model",
+            "records_through",
+            **{name: F(column) for name, column in DAILY_COLUMNS.items()},
         )
+    )
+    out: dict[Bucket, Totals] = defaultdict(Totals)
+    marks = [r["records_through"] for r in rolled]
+    through = None
+    if marks and None not in marks:
+        through = max(m for m in marks if m is not None)  # the same on every row of a day
+        for rolled_row in rolled:
+            bucket = (rolled_row["api_key_id_or_zero"], rolled_row["model"])
+            out[bucket].add(_totals_from(rolled_row))
+    live = (
+        _today_after(account, window, through)
         .values("api_key_id", "model")
         .annotate(
             cost=Sum("cost_micros"),
@@ -130,28 +181,20 @@ def _today_live(account: Account, window: Window) -> dict[Bucket, Totals]:
         )
         .order_by()
     )
-    out: dict[Bucket, Totals] = defaultdict(Totals)
-    for row in rows:
+    for row in live:
         out[(row["api_key_id"] or 0, row["model"])].add(_totals_from(row))
-    return dict(out)
+    return dict(out), through
 
 
 def usage_snapshot(*, account: Account, now: dt.datetime | None = None) -> UsageSnapshot:
     window = Window.for_account(account, now)
-    today = _today_live(account, window)
+    today, through = today_usage(account=account, window=window)
     rows = (
         DailyUsage.objects.filter(
             account=account, day__gte=window.month_first, day__lt=window.today
         )
         .values("api_key_id_or_zero", "model")
-        .annotate(
-            cost=Sum("cost_micros"),
-            saved=Sum("saved_micros"),
-            n=Sum("requests"),
-            hits=Sum("cache_hits"),
-            tin=Sum("input_tokens"),
-            tout=Sum("output_tokens"),
-        )
+        .annotate(**{name: Sum(column) for name, column in DAILY_COLUMNS.items()})
         .order_by()
     )
     month: dict[Bucket, Totals] = defaultdict(Totals)
@@ -159,7 +202,7 @@ def usage_snapshot(*, account: Account, now: dt.datetime | None = None) -> Usage
         month[(row["api_key_id_or_zero"], row["model"])].add(_totals_from(row))
     for bucket, totals in today.items():
         month[bucket].add(totals)
-    return UsageSnapshot(window=window, today=today, month=dict(month))
+    return UsageSnapshot(window=window, today=today, month=dict(month), rolled_through=through)
 
 
 # --- Caps against spend -------------------------------------------------------------------
@@ -272,6 +315,39 @@ def header_numbers(*, snapshot: UsageSnapshot, caps: list[CapProgress]) -> Heade
 
 
 @dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    cost: int = 0
+    saved: int = 0
+    n: int = 0
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> RunRow:
+        return cls(
+            run_id=row["run_id"],
+            cost=int(row["cost"] or 0),
+            saved=int(row["saved"] or 0),
+            n=int(row["n"] or 0),
+        )
+
+    def plus(self, other: RunRow) -> RunRow:
+        return RunRow(
+            run_id=self.run_id,
+            cost=self.cost + other.cost,
+            saved=self.saved + other.saved,
+            n=self.n + other.n,
+        )
+
+    def minus(self, other: RunRow) -> RunRow:
+        return RunRow(
+            run_id=self.run_id,
+            cost=self.cost - other.cost,
+            saved=self.saved - other.saved,
+            n=self.n - other.n,
+        )
+
+
+@dataclass(frozen=True)
 class Row:
     label: str
     totals: Totals
@@ -308,23 +384,46 @@ def spend_by_model(*, snapshot: UsageSnapshot) -> list[Row]:
     return sorted(rows, key=lambda r: -r.totals.cost_micros)
 
 
-def top_runs(*, account: Account, window: Window, limit: int = 10) -> list[dict[str, Any]]:
-    """The month's most expensive agent runs (requests tagged with a run id)."""
-    month_start = dt.datetime.combine(
-        window.month_first, dt.time.min, tzinfo=window.today_start.tzinfo
-    )
-    return [
-        dict(row)
-        for row in UsageRecord.objects.filter(account=account, created_at__gte=month_start)
+def top_runs(*, account: Account, snapshot: UsageSnapshot, limit: int = 10) -> list[RunRow]:
+    """The month's most expensive agent runs (requests tagged with a run id): the run
+    rollup's month rows, plus today's records the rollup has not read yet."""
+    window = snapshot.window
+    through = snapshot.rolled_through
+    # What to add to (or take from) a run's month row.
+    change: dict[str, RunRow] = {
+        row["run_id"]: RunRow.from_row(row)
+        for row in _today_after(account, window, through)
         .exclude(run_id="")
         .values("run_id")
-        .annotate(
-            cost=Sum("cost_micros"),
-            saved=Sum("saved_micros"),
-            n=Count("id"),
-        )
-        .order_by("-cost", "run_id")[:limit]
-    ]
+        .annotate(cost=Sum("cost_micros"), saved=Sum("saved_micros"), n=Count("id"))
+        .order_by()
+    }
+    if through is None:
+        # Today counted live (see today_usage): take out any run rows a rollup wrote for
+        # today under a watermark we cannot see, rather than count them twice.
+        for row in RunDailyUsage.objects.filter(account=account, day=window.today).values(
+            "run_id", cost=F("cost_micros"), saved=F("saved_micros"), n=F("requests")
+        ):
+            run_id = row["run_id"]
+            change[run_id] = change.get(run_id, RunRow(run_id)).minus(RunRow.from_row(row))
+    month = RunMonthlyUsage.objects.filter(account=account, month=window.month_first).values_list(
+        "run_id", "cost_micros", "saved_micros", "requests"
+    )
+    # Only a run whose spend goes down can leave the month's top `limit` and let the next
+    # one in, so the answer is among the first `limit + lowered` rows (read in index
+    # order: usually just `limit`) and the changed runs.
+    lowered = sum(1 for delta in change.values() if delta.cost < 0)
+    runs = {
+        row[0]: RunRow(*row) for row in month.order_by("-cost_micros", "run_id")[: limit + lowered]
+    }
+    missing = sorted(run_id for run_id in change if run_id not in runs)
+    for i in range(0, len(missing), LOOKUP_BATCH):
+        for found in month.filter(run_id__in=missing[i : i + LOOKUP_BATCH]):
+            runs[found[0]] = RunRow(*found)
+    for run_id, delta in change.items():
+        runs[run_id] = runs.get(run_id, RunRow(run_id)).plus(delta)
+    ranked = sorted((r for r in runs.values() if r.n > 0), key=lambda r: (-r.cost, r.run_id))
+    return ranked[:limit]
 
 
 def recent_requests(*, account: Account, page: int) -> tuple[list[UsageRecord], bool]:
@@ -365,7 +464,7 @@ def chart_data(
         i = index[row["day"]]
         by_model[row["model"]][i] += row["cost"] or 0
         saved[i] += row["saved"] or 0
-    today = snapshot.today if snapshot else _today_live(account, window)
+    today = snapshot.today if snapshot else today_usage(account=account, window=window)[0]
     last = days - 1
     for (_key, model), totals in today.items():
         by_model[model][last] += totals.cost_micros

@@ -116,7 +116,7 @@ def dashboard(request: AuthedRequest) -> HttpResponse:
         "periods": selectors.CHART_PERIODS,
         "by_key": selectors.spend_by_key(account=account, snapshot=snapshot),
         "by_model": selectors.spend_by_model(snapshot=snapshot),
-        "runs": selectors.top_runs(account=account, window=snapshot.window),
+        "runs": selectors.top_runs(account=account, snapshot=snapshot),
         "recent": recent,
         "page": page,
         "has_more": has_more,

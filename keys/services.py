@@ -312,16 +312,18 @@ def _check_provider_key_limit(account: Account) -> None:
 
 @sensitive_variables()
 def provider_key_add(
-    *, account: Account, actor: User | None, raw_key: str, name: str = ""
+    *, account: Account, actor: User | None, raw_key: str, name: str = "", validate: bool = True
 ) -> ProviderKey:
     """Check an OpenAI key against the provider and store it encrypted.
 
     Raises ProviderKeyInvalid / ProviderUnreachable / PlanLimitReached; on any of them
-    nothing is stored."""
+    nothing is stored. `validate=False` skips only the call to the provider (offline
+    setups: `manage.py provision --no-validate`)."""
     key = _provider_key_clean(raw_key)
     # Fail fast on the plan before calling the provider; re-checked under the lock below.
     _check_provider_key_limit(account)
-    provider_key_validate(raw_key=key)
+    if validate:
+        provider_key_validate(raw_key=key)
     ciphertext = vault.encrypt(key)
     with transaction.atomic():
         # Serialise adds per account so two concurrent requests cannot both pass the limit.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -28,6 +29,8 @@ from django.conf import settings
 from django.db import IntegrityError, close_old_connections
 from django.db.models import Q
 from django.utils import timezone
+
+from budgets.resp import LeanRedis, LeanScript, lean_redis
 
 # Fields that do not change what the model answers.
 _IGNORED_FIELDS = frozenset(
@@ -94,21 +97,16 @@ return 0
 
 class RedisStore:
     def __init__(self, url: str) -> None:
-        import redis.asyncio as aioredis
-
         self._url = url
-        self._aioredis = aioredis
-        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
-        self._scripts: dict[asyncio.AbstractEventLoop, Any] = {}
 
-    def _client(self) -> tuple[Any, Any]:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._aioredis.Redis.from_url(self._url, socket_timeout=5)
-            self._clients[loop] = client
-            self._scripts[loop] = client.register_script(_LOOKUP_OR_LOCK)
-        return client, self._scripts[loop]
+    def _client(self) -> tuple[LeanRedis, LeanScript]:
+        client = lean_redis(self._url, timeout=5.0)
+        script = self._scripts.get(client)
+        if script is None:
+            script = self._scripts[client] = client.register_script(_LOOKUP_OR_LOCK)
+        return client, script
+
+    _scripts: weakref.WeakKeyDictionary[LeanRedis, LeanScript] = weakref.WeakKeyDictionary()
 
     @staticmethod
     def _keys(account_id: int, digest: str) -> list[str]:
@@ -128,16 +126,13 @@ class RedisStore:
     ) -> None:
         client, _ = self._client()
         key, lock = self._keys(account_id, digest)
-        async with client.pipeline(transaction=False) as pipe:
-            if entry is not None:
-                pipe.set(key, entry.dumps(), ex=ttl)
-            pipe.delete(lock)
-            await pipe.execute()
+        commands: list[tuple[Any, ...]] = [("DEL", lock)]
+        if entry is not None:
+            commands.insert(0, ("SET", key, entry.dumps(), "EX", ttl))
+        await client.execute_many(commands)
 
     async def close(self) -> None:
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        await self._client()[0].aclose()
 
 
 def _sql_lookup_or_lock(

@@ -11,6 +11,7 @@ import asyncio
 
 import aiohttp
 from django.conf import settings
+from yarl import URL
 
 _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
 
@@ -35,6 +36,9 @@ def upstream_session() -> aiohttp.ClientSession:
         session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
+            # One session serves every tenant: it must never carry one tenant's provider
+            # cookies (load-balancer affinity and the like) into another's requests.
+            cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
             raise_for_status=False,
         )
@@ -49,6 +53,15 @@ async def upstream_close() -> None:
         await session.close()
 
 
-def upstream_url(path: str) -> str:
-    """`path` is what follows /v1, e.g. "/chat/completions"."""
-    return str(settings.OPENAI_UPSTREAM_BASE_URL) + path
+_urls: dict[tuple[str, str], URL] = {}
+
+
+def upstream_url(path: str) -> URL:
+    """`path` is what follows /v1, e.g. "/chat/completions" (parsed once, not per request)."""
+    base = str(settings.OPENAI_UPSTREAM_BASE_URL)
+    url = _urls.get((base, path))
+    if url is None:
+        if len(_urls) > 1000:  # /v1/models/{id} paths vary: keep the memo bounded
+            _urls.clear()
+        url = _urls[(base, path)] = URL(base + path)
+    return url

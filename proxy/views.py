@@ -817,7 +817,10 @@ async def relay_stream(
         finished = True
         if not watch.done():
             watch.cancel()
-        resp.close()
+        if state.done and not gone and broken is None:
+            resp.release()  # read to the end: the connection goes back to the pool
+        else:
+            resp.close()  # stops the provider's generation; the connection is dropped
         if not settled:
             # An unexpected error in the relay: charge the whole reservation.
             await _settle(

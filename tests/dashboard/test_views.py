@@ -106,7 +106,7 @@ def test_top_runs_and_breakdowns(owner, key) -> None:  # type: ignore[no-untyped
     record(owner.account, key, NOW, cost=300, run_id="run-a")
     record(owner.account, dev, NOW, cost=900, run_id="run-b", model="gpt-4o")
     response = owner.client.get(reverse("dashboard"))
-    assert [r["run_id"] for r in response.context["runs"]] == ["run-b", "run-a"]
+    assert [r.run_id for r in response.context["runs"]] == ["run-b", "run-a"]
     assert [r.label for r in response.context["by_key"]] == ["dev", "prod"]
     assert [r.label for r in response.context["by_model"]] == ["gpt-4o", "gpt-4o-mini"]
 

@@ -129,7 +129,10 @@ def proxy_server(django_db_setup: None, fake_openai_server: FakeOpenAI) -> Itera
 
 @pytest.fixture(autouse=True)
 def _clean_redis() -> None:
-    """Each test starts with an empty ledger and cache (account ids repeat on SQLite)."""
+    """Each test starts with an empty ledger and cache (account ids repeat on SQLite).
+
+    This FLUSHes the Redis database REDIS_URL names: give tests a database of their own,
+    never one a running server (or a benchmark) uses."""
     if settings.REDIS_URL:
         import redis
 

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from accounts.models import Account
 from accounts.services import user_get_or_create
-from budgets.models import Cap, DailyUsage, UsageRecord
+from budgets.models import Cap, DailyUsage, RunDailyUsage, RunMonthlyUsage, UsageRecord
 from budgets.rollups import local_today, rollup_range
 from keys.models import ApiKey, ProviderKey
 from keys.vault import encrypt
@@ -63,7 +63,8 @@ class Command(BaseCommand):
         account.save(update_fields=["timezone"])
         if opts["reset"]:
             UsageRecord.objects.filter(account=account).delete()
-            DailyUsage.objects.filter(account=account).delete()
+            for rollup in (DailyUsage, RunDailyUsage, RunMonthlyUsage):
+                rollup.objects.filter(account=account).delete()
         keys = self._keys(account)
         Cap.objects.get_or_create(
             account=account,

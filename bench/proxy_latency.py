@@ -1,0 +1,256 @@
+"""Added latency, throughput, CPU and memory of the /v1 proxy, measured with wrk.
+
+    DATABASE_URL=postgres://… REDIS_URL=redis://… .venv/bin/python bench/proxy_latency.py
+
+Every figure compares the same request sent through the proxy and straight to the fake
+OpenAI server (tests/fakes/openai_server.py): added latency = proxy minus direct, at 1 and
+32 connections, plain and streaming (events paced 5 ms apart, as a model emits them), plus
+a cache hit. Proxy CPU is read from /proc for the uvicorn workers: per plain request and
+per relayed stream event. Worker memory is sampled over a sustained run (--memory-seconds;
+600 for the ten-minute check). Load generator, fake upstream and proxy share the machine,
+so the machine's load average is printed next to every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._harness import (  # noqa: E402
+    cpu_seconds,
+    django_setup,
+    load,
+    make_tenant,
+    production_env,
+    rss_mb,
+    start_fake,
+    start_proxy,
+    stop,
+    worker_pids,
+)
+
+PLAIN = {
+    "model": "gpt-4o-mini",
+    "messages": [
+        {"role": "system", "content": "You answer in one short sentence."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ],
+    "max_tokens": 50,
+}
+STREAM = {**PLAIN, "stream": True}
+STREAM_EVENT_MS = 5
+# Chunks the fake sends per chat stream: role, 20 words, finish, usage (+ [DONE]).
+EVENTS_PER_STREAM = 24
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [==[{body}]==]
+{headers}
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {{"requests": %d, "duration_us": %d, "errors": %d, "non2xx": %d, "p50_us": %d, "p99_us": %d}}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass
+class Run:
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    cpu_s: float
+    load: str
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def wrk(
+    url: str, body: dict, headers: dict[str, str], *, conns: int, seconds: int, pids: list[int]
+) -> Run:
+    lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(WRK_SCRIPT.format(body=json.dumps(body), headers=lines))
+        script = fh.name
+    threads = 1 if conns == 1 else 2
+    before = cpu_seconds(pids)
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{conns}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            script,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cpu = cpu_seconds(pids) - before
+    Path(script).unlink()
+    data = json.loads(out.split("WRK ", 1)[1])
+    return Run(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        errors=data["errors"] + data["non2xx"],
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        cpu_s=cpu,
+        load=load(),
+    )
+
+
+def compare(
+    label: str, direct: Run, proxied: Run, *, events: int = 0, fake_events_cpu: float = 0.0
+) -> dict[str, object]:
+    row: dict[str, object] = {
+        "case": label,
+        "direct p50/p99 ms": f"{direct.p50_ms:.2f} / {direct.p99_ms:.2f}",
+        "proxy p50/p99 ms": f"{proxied.p50_ms:.2f} / {proxied.p99_ms:.2f}",
+        "added p50/p99 ms": f"{proxied.p50_ms - direct.p50_ms:+.2f} / {proxied.p99_ms - direct.p99_ms:+.2f}",
+        "req/s direct/proxy": f"{direct.rps:.0f} / {proxied.rps:.0f}",
+        "proxy CPU ms/req": f"{1000 * proxied.cpu_s / max(proxied.requests, 1):.3f}",
+        "errors": proxied.errors,
+        "load": proxied.load,
+    }
+    if events:
+        row["proxy CPU µs/event"] = f"{1e6 * proxied.cpu_s / max(proxied.requests * events, 1):.1f}"
+        row["fake server CPU µs/event (direct run)"] = (
+            f"{1e6 * fake_events_cpu / max(direct.requests * events, 1):.1f}"
+        )
+    print(json.dumps(row, ensure_ascii=False), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument(
+        "--memory-seconds", type=int, default=60, help="sustained run for RSS (600 = 10 min)"
+    )
+    args = parser.parse_args()
+
+    fake, upstream = start_fake()
+    env = production_env(upstream=upstream)
+    django_setup(env)
+    key, _ = make_tenant(
+        email=f"bench-{int(time.time())}@example.com",
+        caps_usd={("account", "month"): "100", ("key", "day"): "50"},
+    )
+    proxy, base = start_proxy(env, workers=args.workers)
+    try:
+        pids = worker_pids(proxy.pid)
+        print(
+            f"# workers {pids}, ledger {'redis' if env.get('REDIS_URL') else 'sql'}, load {load()}",
+            flush=True,
+        )
+        direct_h = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-direct"}
+        proxy_h = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+        off = {"X-BudgetLLM-Cache": "off"}
+        paced = {"X-Fake-Delay-Ms": str(STREAM_EVENT_MS), "X-Fake-Stream-Delay-Only": "1"}
+        chat_direct = upstream + "/chat/completions"
+        chat_proxy = base + "/chat/completions"
+        s = args.seconds
+        # Warm both paths (connections, caches, first-request imports).
+        wrk(chat_proxy, PLAIN, {**proxy_h, **off}, conns=4, seconds=2, pids=pids)
+        wrk(chat_direct, PLAIN, direct_h, conns=4, seconds=2, pids=pids)
+
+        plain_cpu = {}
+        for conns in (1, 32):
+            d = wrk(chat_direct, PLAIN, direct_h, conns=conns, seconds=s, pids=pids)
+            p = wrk(chat_proxy, PLAIN, {**proxy_h, **off}, conns=conns, seconds=s, pids=pids)
+            compare(f"plain, {conns} conn", d, p)
+            plain_cpu[conns] = p.cpu_s / max(p.requests, 1)
+        for conns in (1, 32):
+            # The fake server's own CPU per paced event is this machine's floor for waking
+            # up on an event: reported beside the proxy's.
+            d = wrk(
+                chat_direct, STREAM, {**direct_h, **paced}, conns=conns, seconds=s, pids=[fake.pid]
+            )
+            p = wrk(
+                chat_proxy, STREAM, {**proxy_h, **off, **paced}, conns=conns, seconds=s, pids=pids
+            )
+            compare(
+                f"stream ({EVENTS_PER_STREAM} events, {STREAM_EVENT_MS} ms apart), {conns} conn",
+                d,
+                p,
+                events=EVENTS_PER_STREAM,
+                fake_events_cpu=d.cpu_s,
+            )
+        # The same stream in one burst: what relaying an event costs beyond a plain request.
+        p = wrk(chat_proxy, STREAM, {**proxy_h, **off}, conns=1, seconds=s, pids=pids)
+        marginal = (p.cpu_s / max(p.requests, 1) - plain_cpu[1]) / EVENTS_PER_STREAM
+        print(
+            json.dumps(
+                {
+                    "case": f"stream in one burst, 1 conn ({p.requests} streams)",
+                    "proxy CPU ms/stream": f"{1000 * p.cpu_s / max(p.requests, 1):.3f}",
+                    "marginal proxy CPU µs/event (vs plain request)": f"{1e6 * marginal:.1f}",
+                    "load": p.load,
+                },
+                ensure_ascii=False,
+            ),
+            flush=True,
+        )
+        # Cache hit: the first request fills the cache, every later one is a hit.
+        d = wrk(chat_direct, PLAIN, direct_h, conns=1, seconds=s, pids=pids)
+        p = wrk(chat_proxy, PLAIN, proxy_h, conns=1, seconds=s, pids=pids)
+        compare("cache hit, 1 conn", d, p)
+
+        samples: dict[int, list[float]] = {pid: [] for pid in pids}
+        stop_sampling = threading.Event()
+
+        def sample() -> None:
+            while not stop_sampling.is_set():
+                for pid in pids:
+                    samples[pid].append(rss_mb(pid))
+                stop_sampling.wait(2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        run = wrk(
+            chat_proxy, PLAIN, {**proxy_h, **off}, conns=8, seconds=args.memory_seconds, pids=pids
+        )
+        stop_sampling.set()
+        sampler.join()
+        for pid, values in samples.items():
+            third = max(len(values) // 3, 1)
+            print(
+                json.dumps(
+                    {
+                        "case": f"memory, worker {pid}, {args.memory_seconds} s at 8 conns ({run.requests} requests)",
+                        "rss MB start/end/max": f"{values[0]:.1f} / {values[-1]:.1f} / {max(values):.1f}",
+                        "mean first/last third MB": f"{sum(values[:third]) / third:.1f} / {sum(values[-third:]) / third:.1f}",
+                        "load": run.load,
+                    }
+                ),
+                flush=True,
+            )
+    finally:
+        stop(proxy)
+        stop(fake)
+
+
+if __name__ == "__main__":
+    main()

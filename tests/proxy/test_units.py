@@ -1,0 +1,178 @@
+"""The proxy's pure parts: input bounds, cache keys, SSE assembly and replay."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from proxy.cache import CacheEntry, cache_bypassed, cache_digest
+from proxy.errors import ProxyError
+from proxy.sse import (
+    ChatStream,
+    ResponsesStream,
+    SseSplitter,
+    chat_assemble,
+    chat_replay,
+    responses_replay,
+)
+from proxy.validation import parse_chat, parse_embeddings, parse_responses
+
+
+def chat_body(**extra: object) -> bytes:
+    return json.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **extra}
+    ).encode()
+
+
+def test_input_bound_is_at_least_the_utf8_bytes_of_the_prompt() -> None:
+    text = "नमस्ते दुनिया " * 50  # multi-byte text: tokens <= UTF-8 bytes
+    raw = json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": text}]}, ensure_ascii=False
+    ).encode()
+    assert parse_chat(raw).input_tokens_bound >= len(text.encode())
+    escaped = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
+    assert parse_chat(escaped).input_tokens_bound >= len(text.encode())
+
+
+def test_images_count_at_the_ceiling_not_their_bytes(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.PROXY_IMAGE_TOKEN_CEILING = 6000
+    part = {"type": "image_url", "image_url": {"url": "https://x.example/cat.png"}}
+    raw = json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": [part, part]}]}
+    ).encode()
+    bound = parse_chat(raw).input_tokens_bound
+    assert 12000 <= bound < 12500
+
+
+def test_an_escaped_media_key_cannot_dodge_the_image_ceiling(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.PROXY_IMAGE_TOKEN_CEILING = 6000
+    raw = (
+        b'{"model":"m","messages":[{"role":"user","content":[{"type":"image\\u005furl",'
+        b'"image\\u005furl":{"url":"https://x.example/a.png"}}]}]}'
+    )
+    assert parse_chat(raw).input_tokens_bound >= 6000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "input": "x", "previous_response_id": "resp_1"},
+        {"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]},
+        {"model": "m", "input": "x", "tools": [{"type": "web_search"}]},
+        {"model": "m", "input": "x", "background": True},
+    ],
+)
+def test_responses_whose_cost_cannot_be_bounded_are_refused(body: dict) -> None:
+    with pytest.raises(ProxyError) as caught:
+        parse_responses(json.dumps(body).encode())
+    assert caught.value.status == 400
+
+
+def test_clamp_goes_into_the_field_the_client_used() -> None:
+    assert parse_chat(chat_body(max_tokens=50)).output_fields == ("max_tokens",)
+    assert parse_chat(chat_body(max_completion_tokens=50)).output_fields == (
+        "max_completion_tokens",
+    )
+    assert parse_chat(chat_body()).output_fields == ("max_completion_tokens",)
+    assert parse_chat(chat_body(n=3)).choices == 3
+
+
+def test_embeddings_token_arrays_are_bounded_by_the_body() -> None:
+    raw = json.dumps({"model": "e", "input": [[1, 2, 3], [4, 5]]}).encode()
+    assert parse_embeddings(raw).input_tokens_bound >= 5
+
+
+def test_cache_key_ignores_order_user_and_stream_but_not_sampling() -> None:
+    a = {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0}
+    b = {
+        "temperature": 0,
+        "stream": True,
+        "user": "u",
+        "messages": [{"content": "x", "role": "user"}],
+        "model": "m",
+    }
+    assert cache_digest(endpoint="chat.completions", body=a) == cache_digest(
+        endpoint="chat.completions", body=b
+    )
+    c = {**a, "temperature": 1}
+    assert cache_digest(endpoint="chat.completions", body=a) != cache_digest(
+        endpoint="chat.completions", body=c
+    )
+    assert cache_digest(endpoint="chat.completions", body=a) != cache_digest(
+        endpoint="responses", body=a
+    )
+
+
+def test_cache_bypass_headers() -> None:
+    assert cache_bypassed({"cache-control": "no-cache"})
+    assert cache_bypassed({"cache-control": "private, no-store"})
+    assert cache_bypassed({"x-budgetllm-cache": "OFF"})
+    assert not cache_bypassed({"cache-control": "max-age=0"})
+
+
+def test_cache_entry_round_trip() -> None:
+    entry = CacheEntry(b'{"a":\n1}', 123, 10, 2, 20)
+    assert CacheEntry.loads(entry.dumps()) == entry
+
+
+def sse(*payloads: dict) -> bytes:
+    return (
+        b"".join(b"data: " + json.dumps(p).encode() + b"\n\n" for p in payloads)
+        + b"data: [DONE]\n\n"
+    )
+
+
+def test_a_chat_stream_assembles_into_the_full_answer_and_replays_back() -> None:
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    stream = sse(
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {**base, "choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+        {**base, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+        {**base, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    )
+    state = ChatStream(strip_usage=True)
+    splitter = SseSplitter()
+    forwarded = []
+    for i in range(0, len(stream), 7):  # arbitrary network chunking
+        for event in splitter.feed(stream[i : i + 7]):
+            out = state.process(event)
+            if out is not None:
+                forwarded.append(out)
+    assert state.done and state.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+    assert not any(b'"usage"' in e for e in forwarded)  # stripped: the client did not ask
+    full = chat_assemble(state.chunks(), state.usage)
+    assert full["choices"][0]["message"]["content"] == "Hello"
+    assert full["choices"][0]["finish_reason"] == "stop"
+    replay = chat_replay(full, include_usage=True)
+    assert replay[-1] == b"data: [DONE]\n\n"
+    last = json.loads(replay[-2][6:])
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 2
+    assert state.output_estimate() == 5  # "Hello": 5 bytes >= its tokens
+
+
+def test_responses_replay_is_a_valid_event_sequence() -> None:
+    full = {
+        "id": "r1",
+        "object": "response",
+        "status": "completed",
+        "output": [
+            {
+                "id": "m1",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "Hi there", "annotations": []}],
+            }
+        ],
+        "usage": {"input_tokens": 1, "output_tokens": 2},
+    }
+    events = responses_replay(full)
+    state = ResponsesStream()
+    for event in events:
+        state.process(event)
+    assert state.completed and state.response == full
+    kinds = [e.split(b"\n", 1)[0] for e in events]
+    assert kinds[0] == b"event: response.created" and kinds[-1] == b"event: response.completed"
+    seqs = [json.loads(e.split(b"data: ", 1)[1])["sequence_number"] for e in events]
+    assert seqs == list(range(len(events)))
