@@ -33,6 +33,24 @@ def _account(request: AuthedRequest) -> Account:
     return account_for_request(request)
 
 
+def _with_month_spend(account: Account, api_keys: list[ApiKey]) -> list[ApiKey]:
+    """Attach each key's spend this month (account time zone) for the spend column.
+
+    The numbers come from the dashboard's usage snapshot: the keys page shows the same
+    figures as the dashboard, read the same way (rollups plus today's live tail). Imported
+    here, not at the top: budgets builds on keys, and only this page reads back up.
+    """
+    from budgets.selectors import Totals, spend_by_key, usage_snapshot
+
+    by_key = {
+        row.public_id: row.totals
+        for row in spend_by_key(account=account, snapshot=usage_snapshot(account=account))
+    }
+    for key in api_keys:
+        key.month_spend = by_key.get(str(key.public_id), Totals())  # type: ignore[attr-defined]
+    return api_keys
+
+
 def _context(
     account: Account,
     *,
@@ -42,7 +60,7 @@ def _context(
 ) -> dict[str, Any]:
     return {
         "provider_keys": selectors.provider_keys_for(account=account),
-        "api_keys": selectors.api_keys_for(account=account),
+        "api_keys": _with_month_spend(account, list(selectors.api_keys_for(account=account))),
         "events": selectors.audit_events_for(account=account),
         "limits": selectors.key_limits_for(account=account),
         "provider_form": provider_form or ProviderKeyForm(),

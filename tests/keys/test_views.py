@@ -36,6 +36,32 @@ def test_the_page_lists_keys_and_their_history(
     assert owner.user.email in html
 
 
+def test_each_bllm_key_shows_its_spend_this_month(
+    owner: Person, api_key: tuple[ApiKey, str]
+) -> None:
+    from django.utils import timezone
+
+    from budgets.models import UsageRecord
+
+    row = api_key[0]
+    for cost, saved, status in ((1_250_000, 0, "MISS"), (0, 400_000, "HIT")):
+        UsageRecord.objects.create(
+            account=owner.account,
+            api_key=row,
+            endpoint="chat.completions",
+            model="gpt-4o-mini",
+            cost_micros=cost,
+            saved_micros=saved,
+            cache_status=status,
+            http_status=200,
+            created_at=timezone.now(),
+        )
+    html = owner.client.get(INDEX).content.decode()
+    assert "Spend this month" in html
+    assert "$1.25" in html
+    assert "(saved $0.40)" in html
+
+
 # --- Connecting a provider key ----------------------------------------------------------------
 
 
