@@ -24,6 +24,13 @@ class Entitlements:
     alert_channels: frozenset[str]
     team_members: bool
 
+    @property
+    def alert_channels_display(self) -> str:
+        """ "Email, Slack, Discord": email first, in the words people use."""
+        names = {"email": "Email", "slack": "Slack", "discord": "Discord"}
+        ordered = sorted(self.alert_channels, key=lambda c: (c != "email", c != "slack", c))
+        return ", ".join(names.get(c, c.title()) for c in ordered)
+
 
 PLANS: dict[str, Entitlements] = {
     "free": Entitlements("free", 1, 1, 100_000_000, 7, frozenset({"email"}), False),

@@ -19,7 +19,7 @@ def _context(form: WaitlistForm, joined: bool = False) -> dict[str, object]:
             "code": code,
             "price": PLAN_PRICES[code],
             "e": e,
-            "alerts": ", ".join(sorted(e.alert_channels, key=lambda c: (c != "email", c))),
+            "alerts": e.alert_channels_display,
         }
         for code, e in PLANS.items()
     ]
