@@ -92,9 +92,7 @@ def key_status(key: Key, period: str = "day") -> tuple[int, int]:
     from accounts.models import Account
 
     account = Account.objects.get(id=key.account_id)
-    [status] = [
-        s for s in cap_status(account=account) if s.scope == "key" and s.period == period
-    ]
+    [status] = [s for s in cap_status(account=account) if s.scope == "key" and s.period == period]
     return status.spent_micros, status.reserved_micros
 
 
@@ -131,7 +129,7 @@ def test_a_run_budget_of_zero_or_less_refuses_everything(
 
 HUGE_RUN_BUDGET_BUG = (
     "BUG (SQL ledger on SQLite only): an astronomically large run budget "
-    "(X-BudgetLLM-Run-Budget-USD: 1e309 is accepted by proxy/views.py run_headers) becomes a "
+    "(X-BudgetLLM-Run-Budget-USD: 1e309 is accepted by proxy/views.py:278-288 run_headers) becomes a "
     "counter limit SQLite cannot bind (OverflowError, not a DatabaseError, so the proxy "
     "answers 500). Redis turns it into inf and PostgreSQL into numeric, which happen to work. "
     "Clamp it (min(value, MAX_EXACT)) in run_headers or plan_admission."
@@ -210,7 +208,7 @@ def test_a_reservation_swept_after_the_month_rolled_over_is_charged_to_its_month
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: budgets/services.py _record stamps created_at = settle time, but the "
+    reason="BUG: budgets/services.py:727 (_record) stamps created_at = settle time, but the "
     "counters were charged in the reservation's window. A request that straddles local "
     "midnight is counted in day D by the ledger and in day D+1 by UsageRecord/DailyUsage, "
     "so ledger_reconcile reports drift in both days (a false 'ledger drift' alarm, and the "

@@ -197,7 +197,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
             },
             "system_fingerprint": "fp_fake",
-        }
+        },
     )
 
 
