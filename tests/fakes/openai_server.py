@@ -16,7 +16,11 @@ Behaviour, deterministic so tests can assert exact numbers:
 - Control headers (what a test needs to force): `X-Fake-Status: 500` answers that
   status in the error envelope; `X-Fake-Delay-Ms: N` sleeps N ms before answering
   (and between stream events); `X-Fake-No-Usage: 1` omits the usage chunk of a stream;
-  `X-Fake-Drop-After: N` closes the connection after N stream events.
+  `X-Fake-Drop-After: N` closes the connection after N stream events;
+  `X-Fake-Prompt-Tokens: N` reports N input tokens in the usage (what a real provider
+  bills for content the fake cannot count, e.g. an image); `X-Fake-Truncate-Body: N`
+  answers a non-streaming request 200 with its full Content-Length but closes the
+  connection after N bytes of the body (the answer was generated, so it was billed).
 - `GET /_fake/stats` returns request counts per path; `POST /_fake/reset` clears them.
 """
 
@@ -83,6 +87,27 @@ async def preamble(request: web.Request) -> web.Response | None:
     return None
 
 
+def reported_prompt_tokens(request: web.Request, counted: int) -> int:
+    forced = request.headers.get("X-Fake-Prompt-Tokens")
+    return int(forced) if forced else counted
+
+
+async def json_answer(request: web.Request, payload: dict[str, Any]) -> web.StreamResponse:
+    """The answer as JSON, or, with X-Fake-Truncate-Body: N, only its first N bytes."""
+    cut = request.headers.get("X-Fake-Truncate-Body")
+    if not cut:
+        return web.json_response(payload)
+    body = json.dumps(payload).encode()
+    resp = web.StreamResponse(
+        headers={"Content-Type": "application/json", "Content-Length": str(len(body))}
+    )
+    await resp.prepare(request)
+    await resp.write(body[: int(cut)])
+    if request.transport is not None:
+        request.transport.close()
+    return resp
+
+
 def answer_words(limit: int | None) -> list[str]:
     count = FAKE_WORDS if limit is None else max(0, min(FAKE_WORDS, limit))
     return [f"word{i}" for i in range(count)]
@@ -146,7 +171,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error(400, "you must provide a model parameter", "invalid_request_error")
     n = int(body.get("n") or 1)
     words = answer_words(body.get("max_completion_tokens", body.get("max_tokens")))
-    prompt_tokens = text_bytes(body.get("messages", [])) // 4
+    prompt_tokens = reported_prompt_tokens(request, text_bytes(body.get("messages", [])) // 4)
     created = int(time.time())
     cid = f"chatcmpl-fake{stats[request.path]}"
     if body.get("stream"):
@@ -156,7 +181,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         choice, toks = chat_choice(i, body, words)
         choices.append(choice)
         completion_tokens += toks
-    return web.json_response(
+    return await json_answer(
+        request,
         {
             "id": cid,
             "object": "chat.completion",
@@ -171,7 +197,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
             },
             "system_fingerprint": "fp_fake",
-        }
+        },
     )
 
 
@@ -260,8 +286,9 @@ async def responses(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     model = body.get("model")
     words = answer_words(body.get("max_output_tokens"))
-    input_tokens = (
-        text_bytes(body.get("input", "")) // 4 + text_bytes(body.get("instructions", "")) // 4
+    input_tokens = reported_prompt_tokens(
+        request,
+        text_bytes(body.get("input", "")) // 4 + text_bytes(body.get("instructions", "")) // 4,
     )
     text = " ".join(words)
     rid = f"resp_fake{stats[request.path]}"
@@ -301,7 +328,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
         "truncation": "disabled",
     }
     if not body.get("stream"):
-        return web.json_response(full)
+        return await json_answer(request, full)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     delay = int(request.headers.get("X-Fake-Delay-Ms", "0")) / 1000
@@ -339,7 +366,7 @@ async def embeddings(request: web.Request) -> web.Response:
     body = await request.json()
     inputs = body.get("input")
     items = inputs if isinstance(inputs, list) else [inputs]
-    tokens = text_bytes(items) // 4
+    tokens = reported_prompt_tokens(request, text_bytes(items) // 4)
     data = [
         {"object": "embedding", "index": i, "embedding": [0.1 * ((i + j) % 7) for j in range(8)]}
         for i in range(len(items))
