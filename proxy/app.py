@@ -7,6 +7,7 @@ CSRF, and the middleware stack's sync parts would add thread hops to every reque
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from django.conf import settings
@@ -16,6 +17,10 @@ from .validation import CHAT, EMBEDDINGS, RESPONSES
 from .views import ClientGone, Exchange, Receive, Send, generation, models
 
 logger = logging.getLogger(__name__)
+
+# One model's page. The id is held to model-name characters: the path arrives decoded,
+# and "/v1/models/../../files" must never become another GET at the provider.
+MODEL_PATH = re.compile(r"/v1/models/[A-Za-z0-9][A-Za-z0-9._:-]*")
 
 # path -> (endpoint, path at the provider)
 ROUTES = {
@@ -35,7 +40,7 @@ async def v1_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
             if method != "POST":
                 raise _wrong_method(method, path, "POST")
             await generation(ex, route[0], route[1], max_body=settings.PROXY_MAX_BODY_BYTES)
-        elif path == "/v1/models" or path.startswith("/v1/models/"):
+        elif path == "/v1/models" or MODEL_PATH.fullmatch(path):
             if method != "GET":
                 raise _wrong_method(method, path, "GET")
             await models(ex, path.removeprefix("/v1"))

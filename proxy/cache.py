@@ -72,7 +72,7 @@ class CacheEntry:
 def cache_digest(*, endpoint: str, body: dict[str, Any]) -> str:
     canon = {k: v for k, v in body.items() if k not in _IGNORED_FIELDS and v is not None}
     text = json.dumps([endpoint, canon], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def cache_bypassed(headers: dict[str, str]) -> bool:

@@ -9,7 +9,8 @@ each message, which more than covers the few formatting tokens per message. So, 
 body carries no media, `len(raw body)` is a safe bound found in O(1).
 
 Images are not bounded by their bytes (a URL is short, a base64 image long), so each one
-counts as `PROXY_IMAGE_TOKEN_CEILING` tokens instead of its bytes. Audio, files, stored
+counts as the model's image ceiling instead of its bytes: `PROXY_IMAGE_TOKEN_CEILING`, or
+more for models that bill an image as many more tokens (`IMAGE_TOKEN_CEILINGS`). Audio, files, stored
 conversation state (`previous_response_id`, `conversation`, item references, stored
 prompts) and hosted tools bill amounts that cannot be bounded before the call: they are
 refused with a clear message rather than risk a cap.
@@ -38,10 +39,16 @@ _MEDIA_MARKERS = (
     b'"input_file"',
     b'"file"',
     b'"item_reference"',
+    b'"computer_screenshot"',
     b"\\u",
 )
 
-_IMAGE_PART_TYPES = {"image_url", "input_image"}
+# A Responses computer-use screenshot is billed as an image, whatever its URL's length.
+_IMAGE_PART_TYPES = {"image_url", "input_image", "computer_screenshot"}
+# The most tokens one image can bill, where a model bills more than the default ceiling.
+# gpt-4o-mini prices an image at 2,833 tokens plus 5,667 per 512-px tile, and a
+# high-detail image has at most 8 tiles (768 x 2048 after scaling): 48,169 tokens.
+IMAGE_TOKEN_CEILINGS = {"gpt-4o-mini": 48_169}
 _UNBOUNDED_PART_TYPES = {
     "input_audio": "audio input",
     "input_file": "file input",
@@ -67,9 +74,24 @@ class ParsedRequest:
     input_tokens_bound: int
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        # We bound what we read (the last value), but the provider may read the first:
+        # an ambiguous body could make it generate more than was reserved.
+        raise bad_request(
+            f"The JSON body repeats the key '{dup}'; send each key once.",
+            param=dup,
+            code="invalid_json",
+        )
+    return obj
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(
             f"We could not parse the JSON body of your request ({exc}). "
@@ -127,12 +149,37 @@ def _model(body: dict[str, Any]) -> str:
     return model
 
 
-def _walk_bound(value: Any, param: str) -> int:
-    """JSON size of `value` with each image counted as the image ceiling, not its bytes."""
+def image_token_ceiling(model: str) -> int:
+    name = model.strip().lower()
+    for prefix, ceiling in IMAGE_TOKEN_CEILINGS.items():
+        if name.startswith(prefix):
+            return max(ceiling, int(settings.PROXY_IMAGE_TOKEN_CEILING))
+    return int(settings.PROXY_IMAGE_TOKEN_CEILING)
+
+
+def _utf8_len(text: str) -> int:
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        # A lone surrogate escape ("\\ud800") is valid JSON but not text any tokenizer
+        # (or provider) takes: refuse it clearly rather than forward it.
+        raise bad_request(
+            "The JSON body contains a lone UTF-16 surrogate escape (such as \\ud800), "
+            "which is not valid text. Send valid UTF-8 text.",
+            code="invalid_json",
+        ) from None
+
+
+def _walk_bound(value: Any, param: str, image_ceiling: int) -> int:
+    """JSON size of `value` with each image counted as the image ceiling, not its bytes.
+
+    Every string and key counts its UTF-8 bytes (at least one byte per token) and every
+    number its full JSON text, so nothing inside a tool schema can be under-counted.
+    """
     if isinstance(value, str):
-        return len(value.encode()) + 2
+        return _utf8_len(value) + 2
     if isinstance(value, list):
-        return 2 + sum(_walk_bound(v, param) + 1 for v in value)
+        return 2 + sum(_walk_bound(v, param, image_ceiling) + 1 for v in value)
     if isinstance(value, dict):
         kind = value.get("type")
         if isinstance(kind, str):
@@ -155,16 +202,20 @@ def _walk_bound(value: Any, param: str) -> int:
                         param=param,
                         code="unsupported_content",
                     )
-                return int(settings.PROXY_IMAGE_TOKEN_CEILING)
-        return 2 + sum(len(str(k)) + 4 + _walk_bound(v, param) for k, v in value.items())
-    return 8  # numbers, booleans and null: a few bytes each
+                return image_ceiling
+        return 2 + sum(
+            _utf8_len(str(k)) + 4 + _walk_bound(v, param, image_ceiling) for k, v in value.items()
+        )
+    # Numbers, booleans and null: their JSON text (a 300-digit number is 300 bytes).
+    return len(json.dumps(value)) + 1
 
 
-def _input_bound(raw: bytes, body: dict[str, Any], fields: tuple[str, ...]) -> int:
+def _input_bound(raw: bytes, body: dict[str, Any], fields: tuple[str, ...], model: str) -> int:
     if not any(marker in raw for marker in _MEDIA_MARKERS):
         return len(raw)
     # Media present: walk the prompt-bearing fields, counting each image at the ceiling.
-    return sum(_walk_bound(body[f], f) for f in fields if f in body) + 64
+    ceiling = image_token_ceiling(model)
+    return sum(_walk_bound(body[f], f, ceiling) for f in fields if f in body) + 64
 
 
 def _check_tools(body: dict[str, Any]) -> None:
@@ -274,7 +325,11 @@ def parse_chat(raw: bytes) -> ParsedRequest:
             fields = ("max_completion_tokens", "max_tokens")
     else:
         fields = ("max_tokens",)
-    requested = min(v for v in (max_completion, max_tokens, 1 << 62) if v is not None)
+    # Both limits set: the provider may honour either, so reserve for the larger one (a
+    # clamp writes the same value into both fields).
+    # A limit too large to price means "no limit named": the ledger writes its bound.
+    given = [v for v in (max_completion, max_tokens) if v is not None and v < 1 << 62]
+    requested = max(given) if given else None
     return ParsedRequest(
         endpoint=CHAT,
         body=body,
@@ -282,10 +337,10 @@ def parse_chat(raw: bytes) -> ParsedRequest:
         model=model,
         stream=stream,
         client_wants_usage=client_wants_usage,
-        requested_output_tokens=None if requested == 1 << 62 else requested,
+        requested_output_tokens=requested,
         output_fields=fields,
         choices=n,
-        input_tokens_bound=_input_bound(raw, body, _CHAT_PROMPT_FIELDS),
+        input_tokens_bound=_input_bound(raw, body, _CHAT_PROMPT_FIELDS, model),
     )
 
 
@@ -343,7 +398,7 @@ def parse_responses(raw: bytes) -> ParsedRequest:
         requested_output_tokens=requested,
         output_fields=("max_output_tokens",),
         choices=1,
-        input_tokens_bound=_input_bound(raw, body, _RESPONSES_PROMPT_FIELDS),
+        input_tokens_bound=_input_bound(raw, body, _RESPONSES_PROMPT_FIELDS, model),
     )
 
 

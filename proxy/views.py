@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 from django.conf import settings
 
+from budgets.ledger import MAX_EXACT
 from budgets.pricing import UnknownModel, cost_micros
 from budgets.services import (
     Admission,
@@ -259,6 +260,9 @@ def _too_large(limit: int) -> ProxyError:
 # --- request checks --------------------------------------------------------------------
 
 
+RUN_BUDGET_MAX_USD = Decimal(MAX_EXACT) / 1_000_000
+
+
 def run_headers(headers: dict[str, str]) -> tuple[str, int | None]:
     run_id = headers.get("x-budgetllm-run-id", "").strip()
     if len(run_id) > 128 or not run_id.isprintable():
@@ -284,8 +288,10 @@ def run_headers(headers: dict[str, str]) -> tuple[str, int | None]:
             f"'0.25', not {raw_budget!r}.",
             code="invalid_run_budget",
         )
-    # Rounded down: a run budget may only lower the run's cap.
-    return run_id, int((amount * 1_000_000).to_integral_value(rounding=ROUND_FLOOR))
+    # Rounded down: a run budget may only lower the run's cap. Any amount above what the
+    # ledger counts exactly lowers nothing, so it is held there (1e309 must not reach SQL).
+    micros = int((min(amount, RUN_BUDGET_MAX_USD) * 1_000_000).to_integral_value(ROUND_FLOOR))
+    return run_id, micros
 
 
 def ensure_not_paused(key: ResolvedKey) -> None:
@@ -446,21 +452,71 @@ def _as_envelope(payload: bytes, status: int) -> bytes:
     ).encode()
 
 
-def _upstream_failure(exc: BaseException) -> ProxyError:
+def _may_have_been_billed(exc: BaseException, *, status: int) -> bool:
+    """Whether the provider may have billed a request that failed with `exc`.
+
+    It did not when we never connected (refused, DNS, TLS, connect timeout) or the
+    connection dropped before any answer. It may have when its 200 answer broke off, or
+    when it took the request and then went silent past the read timeout: it keeps
+    generating, and bills, after we stop waiting. Those are charged at the reserved bound
+    so the ledger never under-counts.
+    """
+    if status == 200:
+        return True
+    if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
+        return False
+    return isinstance(exc, TimeoutError)
+
+
+def _upstream_failure(exc: BaseException, *, charged: bool) -> ProxyError:
+    outcome = (
+        "It may have billed the request, so it was charged at its reserved upper bound."
+        if charged
+        else "Nothing was charged."
+    )
     if isinstance(exc, TimeoutError):
         return ProxyError(
             504,
-            "The provider did not answer in time (PROXY_UPSTREAM_READ_TIMEOUT_SECONDS). "
-            "Nothing was charged.",
+            "The provider did not answer in time (PROXY_UPSTREAM_READ_TIMEOUT_SECONDS). " + outcome,
             type_="upstream_error",
             code="upstream_timeout",
         )
+    if charged:
+        return ProxyError(
+            502,
+            f"The provider's answer broke off ({type(exc).__name__}). " + outcome,
+            type_="upstream_error",
+            code="upstream_incomplete",
+        )
     return ProxyError(
         502,
-        f"Could not reach the provider ({type(exc).__name__}). Nothing was charged.",
+        f"Could not reach the provider ({type(exc).__name__}). " + outcome,
         type_="upstream_error",
         code="upstream_unreachable",
     )
+
+
+async def _account_failed_call(
+    ex: Exchange,
+    parsed: ParsedRequest,
+    admission: Admission,
+    run_id: str,
+    exc: BaseException,
+    status: int,
+) -> ProxyError:
+    """Settle (at the bound) or release a call that failed, and say which to the client."""
+    charged = _may_have_been_billed(exc, status=status)
+    err = _upstream_failure(exc, charged=charged)
+    cost = 0
+    if charged:
+        tokens = _upper_bound(parsed, admission)
+        cost = _cost(admission, tokens)
+        await _settle(admission, _usage(ex, parsed, run_id, tokens, cost, err.status))
+        ex.cost = cost
+    else:
+        await _release(admission, _usage(ex, parsed, run_id, Tokens(0, 0, 0), 0, err.status))
+    ex.remaining = _remaining_after(admission, cost)
+    return err
 
 
 def _upstream_body(parsed: ParsedRequest, admission: Admission) -> bytes:
@@ -645,17 +701,15 @@ async def relay_plain(
     cache: bool,
 ) -> CacheEntry | None:
     t0 = time.perf_counter()
+    status = 0
     try:
         async with upstream_session().post(upstream_url(path), data=body, headers=headers) as resp:
-            payload = await resp.read()
             status = resp.status
             passthrough = _passthrough_headers(resp.headers)
+            payload = await resp.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
         ex.upstream_seconds = time.perf_counter() - t0
-        err = _upstream_failure(exc)
-        await _release(admission, _usage(ex, parsed, run_id, Tokens(0, 0, 0), 0, err.status))
-        ex.remaining = _remaining_after(admission, 0)
-        raise err from None
+        raise await _account_failed_call(ex, parsed, admission, run_id, exc, status) from None
     ex.upstream_seconds = time.perf_counter() - t0
     if status != 200:
         # The provider refused (bad parameter, its own rate limit...): nothing is charged.
@@ -708,10 +762,7 @@ async def relay_stream(
         resp = await upstream_session().post(upstream_url(path), data=body, headers=headers)
     except (aiohttp.ClientError, TimeoutError) as exc:
         ex.upstream_seconds = time.perf_counter() - t0
-        err = _upstream_failure(exc)
-        await _release(admission, _usage(ex, parsed, run_id, Tokens(0, 0, 0), 0, err.status))
-        ex.remaining = _remaining_after(admission, 0)
-        raise err from None
+        raise await _account_failed_call(ex, parsed, admission, run_id, exc, 0) from None
     if resp.status != 200:
         try:
             payload = await resp.read()
@@ -886,7 +937,7 @@ async def models(ex: Exchange, path: str) -> None:
             status = resp.status
             passthrough = _passthrough_headers(resp.headers)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise _upstream_failure(exc) from None
+        raise _upstream_failure(exc, charged=False) from None  # listing models is free
     finally:
         ex.upstream_seconds = time.perf_counter() - t0
     if status != 200:

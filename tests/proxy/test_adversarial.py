@@ -2,9 +2,8 @@
 
 Each test tries one way around the reservation (an input bound that under-counts, an
 output limit the provider reads differently, a path or body that skips admission, an
-upstream failure that loses a bill, concurrency). Tests marked `xfail(strict=True)`
-demonstrate a real defect (the reason names file, line and fix); they fail the moment the
-defect is fixed, so the marker is then removed.
+upstream failure that loses a bill, concurrency). Each defect these probes
+found is fixed, and its test stays as the regression guard.
 
 The fake OpenAI server is honest (it never bills more than a real BPE provider could),
 except where a test asks it, with `X-Fake-Prompt-Tokens`, to report what OpenAI documents
@@ -221,15 +220,6 @@ def _schema_tool(properties: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG proxy/validation.py:160 (_walk_bound `return 8`): on the walk path (taken "
-    "whenever the body has an image or ANY \\u escape) a number counts 8 bytes whatever its "
-    "length. Tool schemas (enum values, defaults, bounds) are rendered into the prompt, and "
-    "BPE pre-tokenisation splits digits into runs of at most 3, so a 300-digit enum value "
-    "is >= 100 tokens. Here 30,000 digits bound as ~1,100 tokens. Fix: count "
-    "len(json.dumps(value)) for numbers (or better, bound from the raw bytes of each field).",
-)
 def test_numbers_in_tool_schemas_count_every_digit_on_the_walk_path() -> None:
     big = int("9" * 300)
     body = {
@@ -244,13 +234,6 @@ def test_numbers_in_tool_schemas_count_every_digit_on_the_walk_path() -> None:
     assert bound >= 100 * 300 // 3, bound
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG proxy/validation.py:159 (_walk_bound `len(str(k))`): object keys count "
-    "characters, not UTF-8 bytes, on the walk path. Property names of a tool's JSON schema "
-    "are prompt text; a 4-byte character (emoji, CJK extension B) can be several byte-level "
-    "tokens but counts 1. Fix: len(str(k).encode()) + 4 (what the docstring claims).",
-)
 def test_object_keys_count_their_utf8_bytes_on_the_walk_path() -> None:
     name = "\U00020000" * 1000  # 4,000 UTF-8 bytes
     body = {
@@ -263,15 +246,6 @@ def test_object_keys_count_their_utf8_bytes_on_the_walk_path() -> None:
     assert parsed.input_tokens_bound >= prompt_text_bytes([body["messages"], body["tools"]])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG proxy/validation.py:34-42 (_MEDIA_MARKERS) and :44 (_IMAGE_PART_TYPES): a "
-    "Responses input item `computer_call_output` carries a screenshot "
-    "({'type': 'computer_screenshot', 'file_id' | 'image_url'}) that OpenAI bills as an "
-    "image, but with file_id no marker matches (fast path: a few bytes) and with image_url "
-    "the walk counts the URL's bytes. Fix: treat 'computer_screenshot' as an image part and "
-    "add '\"computer_screenshot\"' to the markers (or refuse computer_call_output).",
-)
 def test_a_screenshot_in_a_responses_input_counts_as_an_image() -> None:
     from django.conf import settings
 
@@ -289,14 +263,6 @@ def test_a_screenshot_in_a_responses_input_counts_as_an_image() -> None:
     assert parsed.input_tokens_bound >= settings.PROXY_IMAGE_TOKEN_CEILING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HARDENING proxy/validation.py:70 (parse_json_object) + views.py _upstream_body: "
-    "a body with duplicate keys is bounded with the LAST value (Python's json) but forwarded "
-    "byte for byte; a provider whose parser keeps the FIRST value would generate up to "
-    "100000 tokens against a 16-token reservation. Fix: json.loads(object_pairs_hook=...) "
-    "that refuses duplicate keys with a 400 (or always forward the re-serialised body).",
-)
 def test_duplicate_keys_are_refused_rather_than_forwarded_ambiguously() -> None:
     raw = (
         b'{"model":"gpt-4o-mini","max_tokens":100000,'
@@ -306,14 +272,6 @@ def test_duplicate_keys_are_refused_rather_than_forwarded_ambiguously() -> None:
         parse_chat(raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG proxy/validation.py:277 (parse_chat `requested = min(...)`): with both "
-    "max_tokens and max_completion_tokens set, the reservation uses the SMALLER, and when "
-    "it is not clamped the body is forwarded unchanged; a provider that honours "
-    "max_completion_tokens (the newer one, as the fake does) generates up to the larger. "
-    "Fix: reserve max(...) (the ledger then writes the clamp into both fields).",
-)
 def test_with_both_output_limits_set_the_larger_is_reserved() -> None:
     raw = json.dumps(
         {"model": MINI, "messages": MESSAGES, "max_tokens": 1, "max_completion_tokens": 20}
@@ -326,12 +284,6 @@ def test_with_both_output_limits_set_the_larger_is_reserved() -> None:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG proxy/validation.py:277 (min of the two limits): reachable with the honest "
-    "fake. A $0.001 cap admits a 1-token reservation (~$0.0001); the fake honours "
-    "max_completion_tokens=20 and the settle charges $0.002: spend is 2x the cap.",
-)
 def test_both_output_limits_set_cannot_take_spend_past_the_cap(
     proxy: ProxyServer, tenant: Tenant
 ) -> None:
@@ -344,15 +296,6 @@ def test_both_output_limits_set_cannot_take_spend_past_the_cap(
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG budgetllm_site/settings.py:364 PROXY_IMAGE_TOKEN_CEILING=6000 is below what "
-    "OpenAI documents for gpt-4o-mini images (85/170 scaled: base 2,833 + 5,667 per 512px "
-    "tile; a 1024x1024 'high' image = 25,501 tokens, the largest = 48,169; 'low' = 2,833). "
-    "The fake reports the documented 25,501 and the settle takes spend ~2x past the cap. "
-    "Fix: a per-model image ceiling (gpt-4o-mini: 48,169; 4o/4.1/o-series/gpt-5 tables), "
-    "or at least a global default >= 48,169.",
-)
 def test_an_image_for_gpt_4o_mini_cannot_take_spend_past_the_cap(
     proxy: ProxyServer, tenant: Tenant
 ) -> None:
@@ -374,14 +317,6 @@ def test_an_image_for_gpt_4o_mini_cannot_take_spend_past_the_cap(
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG proxy/validation.py:133 (_walk_bound `len(value.encode())`): a lone "
-    "surrogate escape (\\ud800, valid JSON, accepted by json.loads) raises "
-    "UnicodeEncodeError on the walk path: the proxy answers 500 'internal error' instead "
-    "of a 400. (No spend leaks: nothing is reserved.) Fix: encode with 'surrogatepass' in "
-    "the walk and cache_digest, or refuse lone surrogates as invalid_json.",
-)
 def test_a_lone_surrogate_escape_is_a_clear_400(proxy: ProxyServer, tenant: Tenant) -> None:
     raw = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"a\\ud800b"}]}'
     resp = post(proxy, tenant, "/chat/completions", raw)
@@ -427,15 +362,6 @@ def test_no_other_path_or_method_reaches_the_provider(
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG proxy/app.py:38 + views.py:861 models(): any path under /v1/models/ is GET-"
-    "forwarded with the decrypted provider key, and yarl resolves dot segments, so "
-    "GET /v1/models/..%2F..%2F<anything> reaches every GET endpoint of the provider "
-    "(stored chat completions, responses, files, their content) for any bllm_ key holder. "
-    "Not spend, but it breaks key-level isolation. Fix: accept only /v1/models and "
-    "/v1/models/<id> with id matching [A-Za-z0-9._:-]+ (no '/', no '..').",
-)
 def test_the_models_path_cannot_reach_other_provider_endpoints(
     proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
 ) -> None:
@@ -570,22 +496,6 @@ def test_an_upstream_5xx_releases_the_reservation(
     assert (record.http_status, record.cost_micros) == (503, 0)
 
 
-TRUNCATED_BODY_BUG = (
-    "BUG proxy/views.py:648-657 (relay_plain): when the provider has answered 200 and the "
-    "body breaks off mid-way (reset, payload error), resp.read() raises and the reservation "
-    "is RELEASED at $0 ('Nothing was charged'), but the provider generated and billed the "
-    "answer. Lost usage. Fix: once the status line is 200, a failure reading the body "
-    "settles at the reserved upper bound (as relay_stream does for a broken stream)."
-)
-TIMEOUT_BUG = (
-    "BUG (or spec gap) proxy/views.py:648-657 (relay_plain timeout): a read timeout after "
-    "the request was sent releases at $0, but the provider keeps generating and bills it "
-    "(OpenAI bills timed-out requests). Issue 3 says 'released (or settled to what the "
-    "provider reports)'; with no report, the non-negotiable 'nothing is lost' needs the "
-    "reserved bound charged. Fix: release only for connect errors and non-200 statuses."
-)
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -594,13 +504,11 @@ TIMEOUT_BUG = (
         pytest.param(
             {"X-Fake-Truncate-Body": "40"},
             502,
-            marks=pytest.mark.xfail(strict=True, reason=TRUNCATED_BODY_BUG),
             id="body-cut-after-200",
         ),
         pytest.param(
             {"X-Fake-Delay-Ms": "3000"},
             504,
-            marks=pytest.mark.xfail(strict=True, reason=TIMEOUT_BUG),
             id="read-timeout",
         ),
     ],
