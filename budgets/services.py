@@ -101,6 +101,9 @@ class Admission:
     remaining_micros: int | None
     account_id: int = 0
     api_key_id: int = 0
+    # When the counters were charged: the usage record carries this time, so a request
+    # that straddles midnight is counted in the same day by the ledger and the dashboard.
+    reserved_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -527,7 +530,7 @@ def plan_admission(req: AdmitRequest, config: AccountConfig, *, now: dt.datetime
         ]
         if req.run_budget_micros is not None:
             # The header can only lower the key's run cap, never raise it.
-            run_limits.append(max(req.run_budget_micros, 0))
+            run_limits.append(min(max(req.run_budget_micros, 0), MAX_EXACT))
         counters.append(
             CounterSpec(
                 key=run_counter_key(api_key_id=key.api_key_id, run_id=req.run_id),
@@ -591,7 +594,9 @@ def _meta(req: AdmitRequest, reservation_id: str, *, now: dt.datetime) -> dict[s
     }
 
 
-def _result(req: AdmitRequest, plan: Plan, outcome: ReserveOutcome, rid: str) -> Admission:
+def _result(
+    req: AdmitRequest, plan: Plan, outcome: ReserveOutcome, rid: str, now: dt.datetime
+) -> Admission:
     if not outcome.ok:
         assert outcome.tightest is not None  # noqa: S101 - a refusal names its counter
         info = plan.infos[outcome.tightest]
@@ -617,6 +622,7 @@ def _result(req: AdmitRequest, plan: Plan, outcome: ReserveOutcome, rid: str) ->
         remaining_micros=outcome.remaining_micros,
         account_id=req.key.account_id,
         api_key_id=req.key.api_key_id,
+        reserved_at=now,
     )
 
 
@@ -652,7 +658,7 @@ def admit_blocking(req: AdmitRequest) -> Admission:
         )
     except LedgerError as exc:
         raise LedgerUnavailable(exc.what) from exc
-    return _result(req, plan, outcome, rid)
+    return _result(req, plan, outcome, rid, now)
 
 
 async def _aconfig(ledger: Ledger, account_id: int) -> AccountConfig:
@@ -701,14 +707,16 @@ async def budget_admit(req: AdmitRequest) -> Admission:
             continue
         except LedgerError as exc:
             raise LedgerUnavailable(exc.what) from exc
-        return _result(req, plan, outcome, rid)
+        return _result(req, plan, outcome, rid, now)
     raise LedgerUnavailable("the caps kept changing during admission; retry")
 
 
 # --- Settling and recording ----------------------------------------------------------------
 
 
-def _record(*, account_id: int, api_key_id: int | None, usage: UsageData) -> dict[str, Any]:
+def _record(
+    *, account_id: int, api_key_id: int | None, usage: UsageData, at: dt.datetime | None = None
+) -> dict[str, Any]:
     return {
         "request_id": str(usage.request_id),
         "account_id": account_id,
@@ -724,14 +732,19 @@ def _record(*, account_id: int, api_key_id: int | None, usage: UsageData) -> dic
         "cache_status": usage.cache_status,
         "http_status": usage.http_status,
         "latency_ms": usage.latency_ms,
-        "created_at": timezone.now().isoformat(),
+        "created_at": (at or timezone.now()).isoformat(),
     }
 
 
 async def budget_settle(*, admission: Admission, usage: UsageData) -> None:
     """Charge the actual cost (even above the reservation: over-count, never under),
     release the rest and record the usage, in one ledger step. Idempotent."""
-    record = _record(account_id=admission.account_id, api_key_id=admission.api_key_id, usage=usage)
+    record = _record(
+        account_id=admission.account_id,
+        api_key_id=admission.api_key_id,
+        usage=usage,
+        at=admission.reserved_at,
+    )
     try:
         await get_ledger().asettle(
             reservation_id=admission.reservation_id, cost_micros=usage.cost_micros, record=record
@@ -745,7 +758,12 @@ async def budget_release(*, admission: Admission, usage: UsageData | None = None
     """The provider refused or failed without charging: release the reservation (and
     record the request if `usage` is given). A usage that reports a cost is charged."""
     record = (
-        _record(account_id=admission.account_id, api_key_id=admission.api_key_id, usage=usage)
+        _record(
+            account_id=admission.account_id,
+            api_key_id=admission.api_key_id,
+            usage=usage,
+            at=admission.reserved_at,
+        )
         if usage is not None
         else None
     )

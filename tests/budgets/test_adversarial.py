@@ -1,8 +1,7 @@
 """Adversarial probes of the ledger and the admission service (review2).
 
 Each test states one way the "a cap is never exceeded, nothing is lost" promise could
-break. Tests marked `xfail(strict=True)` demonstrate a real defect (see the reason); they
-turn into failures the moment the defect is fixed, so the marker is then removed.
+break. Each defect these probes found is fixed; its test stays as the regression guard.
 Parametrised over both ledgers (SQL, and Redis when one answers).
 """
 
@@ -14,11 +13,10 @@ import uuid
 import pytest
 import time_machine
 from asgiref.sync import async_to_sync
-from django.db import connection
 from django.db.models import Sum
 
 from budgets import services
-from budgets.ledger import Ledger, SqlLedger
+from budgets.ledger import Ledger
 from budgets.models import Cap, UsageRecord
 from budgets.reconcile import ledger_reconcile
 from budgets.services import (
@@ -127,20 +125,9 @@ def test_a_run_budget_of_zero_or_less_refuses_everything(
     assert exc.value.scope == "run"
 
 
-HUGE_RUN_BUDGET_BUG = (
-    "BUG (SQL ledger on SQLite only): an astronomically large run budget "
-    "(X-BudgetLLM-Run-Budget-USD: 1e309 is accepted by proxy/views.py:278-288 run_headers) becomes a "
-    "counter limit SQLite cannot bind (OverflowError, not a DatabaseError, so the proxy "
-    "answers 500). Redis turns it into inf and PostgreSQL into numeric, which happen to work. "
-    "Clamp it (min(value, MAX_EXACT)) in run_headers or plan_admission."
-)
-
-
 def test_a_huge_run_budget_neither_breaks_the_ledger_nor_the_remaining_figure(
-    key: Key, configured_ledger: Ledger, request: pytest.FixtureRequest
+    key: Key, configured_ledger: Ledger
 ) -> None:
-    if isinstance(configured_ledger, SqlLedger) and connection.vendor == "sqlite":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=HUGE_RUN_BUDGET_BUG))
     huge = 10**315  # what run_headers makes of "1e309" dollars
     try:
         admission = admit(admit_request(key, run_id="r-huge", run_budget_micros=huge))
@@ -206,15 +193,6 @@ def test_a_reservation_swept_after_the_month_rolled_over_is_charged_to_its_month
     assert UsageRecord.objects.get().cost_micros == admission.reserved_micros
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: budgets/services.py:727 (_record) stamps created_at = settle time, but the "
-    "counters were charged in the reservation's window. A request that straddles local "
-    "midnight is counted in day D by the ledger and in day D+1 by UsageRecord/DailyUsage, "
-    "so ledger_reconcile reports drift in both days (a false 'ledger drift' alarm, and the "
-    "dashboard's day totals disagree with the caps). The sweep already uses the "
-    "reservation's created_at; settle should too.",
-)
 def test_a_request_settled_after_midnight_does_not_show_as_ledger_drift(
     key: Key, configured_ledger: Ledger
 ) -> None:
