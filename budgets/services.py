@@ -739,6 +739,16 @@ def _record(
 async def budget_settle(*, admission: Admission, usage: UsageData) -> None:
     """Charge the actual cost (even above the reservation: over-count, never under),
     release the rest and record the usage, in one ledger step. Idempotent."""
+    if usage.cost_micros > admission.reserved_micros:
+        # The cap rests on the reservation being an upper bound: a cost above it means a
+        # bound under-counted somewhere, and a cap may have been passed. Say so loudly.
+        logger.error(
+            "settle above reservation: request %s model %s cost %d > reserved %d micros",
+            usage.request_id,
+            usage.model,
+            usage.cost_micros,
+            admission.reserved_micros,
+        )
     record = _record(
         account_id=admission.account_id,
         api_key_id=admission.api_key_id,
