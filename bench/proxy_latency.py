@@ -149,6 +149,11 @@ def main() -> None:
     parser.add_argument(
         "--memory-seconds", type=int, default=60, help="sustained run for RSS (600 = 10 min)"
     )
+    parser.add_argument(
+        "--plain-only",
+        action="store_true",
+        help="only the plain 1- and 32-connection cases (~1 min; for A/B runs of two builds)",
+    )
     args = parser.parse_args()
 
     fake, upstream = start_fake()
@@ -182,6 +187,8 @@ def main() -> None:
             p = wrk(chat_proxy, PLAIN, {**proxy_h, **off}, conns=conns, seconds=s, pids=pids)
             compare(f"plain, {conns} conn", d, p)
             plain_cpu[conns] = p.cpu_s / max(p.requests, 1)
+        if args.plain_only:
+            return
         for conns in (1, 32):
             # The fake server's own CPU per paced event is this machine's floor for waking
             # up on an event: reported beside the proxy's.

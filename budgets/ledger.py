@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from .pricing import TOKENS_PER_MTOK, ceil_div
+from .resp import pack_args
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,16 @@ class CounterSpec:
     window_start: dt.datetime | None = None
     # When Redis may forget the counter (well after its window ended); None = never.
     expires_at: dt.datetime | None = None
+
+
+@dataclass(eq=False)
+class CounterBatch:
+    """Counters a caller reuses for many reservations (one key and model, until the day
+    rolls over). Passed to `reserve` with counters that begin with `specs`, it lets a
+    ledger keep its own encoding of them in `wire` instead of rebuilding it per request."""
+
+    specs: tuple[CounterSpec, ...]
+    wire: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,9 @@ class Ledger:
         quote: Quote,
         meta: dict[str, Any],
         caps_version: str | None = None,
+        batch: CounterBatch | None = None,
     ) -> ReserveOutcome:
+        """`batch`, if given, holds the first counters of `counters` (an encoding hint)."""
         raise NotImplementedError
 
     def settle(
@@ -166,8 +180,28 @@ class Ledger:
         return None
 
     # --- async API (the proxy's hot path). The SQL ledger hops to a thread once per call.
-    async def areserve(self, **kwargs: Any) -> ReserveOutcome:
-        return await sync_to_async(lambda: self.reserve(**kwargs))()
+    async def areserve(
+        self,
+        *,
+        reservation_id: str,
+        account_id: int,
+        counters: Sequence[CounterSpec],
+        quote: Quote,
+        meta: dict[str, Any],
+        caps_version: str | None = None,
+        batch: CounterBatch | None = None,
+    ) -> ReserveOutcome:
+        return await sync_to_async(
+            lambda: self.reserve(
+                reservation_id=reservation_id,
+                account_id=account_id,
+                counters=counters,
+                quote=quote,
+                meta=meta,
+                caps_version=caps_version,
+                batch=batch,
+            )
+        )()
 
     async def asettle(
         self, *, reservation_id: str, cost_micros: int, record: dict[str, Any] | None
@@ -191,8 +225,12 @@ def _json_default(value: object) -> str:
     raise TypeError(f"not JSON serialisable: {type(value)!r}")
 
 
+# One encoder, built once: json.dumps with any option builds a new encoder per call.
+_encoder = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+
+
 def dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, default=_json_default, separators=(",", ":"))
+    return _encoder.encode(record)
 
 
 def _usage_rows(records: Sequence[dict[str, Any]]) -> list[Any]:
@@ -282,6 +320,7 @@ class SqlLedger(Ledger):
         quote: Quote,
         meta: dict[str, Any],
         caps_version: str | None = None,
+        batch: CounterBatch | None = None,
     ) -> ReserveOutcome:
         try:
             for _ in range(self.retries):
@@ -710,8 +749,7 @@ class RedisLedger(Ledger):
         meta: dict[str, Any],
         caps_version: str | None,
     ) -> tuple[list[str], list[Any]]:
-        if quote.fixed_mm + quote.ceiling_tokens * quote.per_output_mm > MAX_EXACT:
-            raise ValueError("request too large to price exactly")
+        self._check_exact(quote)
         deadline = timezone.now() + dt.timedelta(seconds=self.reservation_ttl_seconds)
         keys = [
             self.deadlines_key,
@@ -732,8 +770,83 @@ class RedisLedger(Ledger):
             quote.amount_micros(quote.ceiling_tokens),
         ]
         for c in counters:
-            args += [-1 if c.limit_micros is None else c.limit_micros, _unix(c.expires_at)]
+            args += self._counter_args(c)
         return keys, args
+
+    @staticmethod
+    def _check_exact(quote: Quote) -> None:
+        if quote.fixed_mm + quote.ceiling_tokens * quote.per_output_mm > MAX_EXACT:
+            raise ValueError("request too large to price exactly")
+
+    @staticmethod
+    def _counter_args(c: CounterSpec) -> list[Any]:
+        return [-1 if c.limit_micros is None else c.limit_micros, _unix(c.expires_at)]
+
+    def _packed_counters(
+        self, account_id: int, counters: Sequence[CounterSpec]
+    ) -> tuple[bytes, bytes]:
+        """RESP of the caps-version key and the counters' keys, and of their per-counter
+        arguments: the parts of a reserve that stay the same for a batch."""
+        keys = pack_args(
+            [self._version_key(account_id), *[self.counter_key(c.key) for c in counters]]
+        )
+        args = pack_args([a for c in counters for a in self._counter_args(c)])
+        return keys, args
+
+    def _reserve_body(
+        self,
+        reservation_id: str,
+        account_id: int,
+        counters: Sequence[CounterSpec],
+        quote: Quote,
+        meta: dict[str, Any],
+        caps_version: str | None,
+        batch: CounterBatch | None,
+    ) -> tuple[int, bytes]:
+        """The script's numkeys, KEYS and ARGV as packed RESP (what `_reserve_args` lists),
+        reusing the batch's packed counters. Returns (number of elements, bytes)."""
+        self._check_exact(quote)
+        shared = 0
+        if batch is not None:
+            shared = len(batch.specs)
+            wire = batch.wire.get(self.prefix)
+            if wire is None:
+                wire = batch.wire[self.prefix] = self._packed_counters(account_id, batch.specs)
+            static_keys, static_args = wire
+        else:
+            static_keys, static_args = self._packed_counters(account_id, ())
+        rest = counters[shared:]
+        deadline = time.time() + self.reservation_ttl_seconds
+        body = b"".join(
+            (
+                pack_args(
+                    (
+                        4 + len(counters),
+                        self.deadlines_key,
+                        self._res_key(reservation_id),
+                        self._done_key(reservation_id),
+                    )
+                ),
+                static_keys,
+                pack_args([self.counter_key(c.key) for c in rest]),
+                pack_args(
+                    (
+                        caps_version or "",
+                        quote.fixed_mm,
+                        quote.per_output_mm,
+                        quote.ceiling_tokens,
+                        quote.min_tokens,
+                        f"{deadline:.3f}",
+                        dumps(meta),
+                        reservation_id,
+                        quote.amount_micros(quote.ceiling_tokens),
+                    )
+                ),
+                static_args,
+                pack_args([a for c in rest for a in self._counter_args(c)]),
+            )
+        )
+        return 14 + 3 * len(counters), body
 
     @staticmethod
     def _outcome(raw: list[Any]) -> ReserveOutcome:
@@ -767,6 +880,7 @@ class RedisLedger(Ledger):
         quote: Quote,
         meta: dict[str, Any],
         caps_version: str | None = None,
+        batch: CounterBatch | None = None,
     ) -> ReserveOutcome:
         import redis
 
@@ -779,19 +893,27 @@ class RedisLedger(Ledger):
             raise LedgerError(self.where) from exc
         return self._outcome(raw)
 
-    async def areserve(self, **kwargs: Any) -> ReserveOutcome:
+    async def areserve(
+        self,
+        *,
+        reservation_id: str,
+        account_id: int,
+        counters: Sequence[CounterSpec],
+        quote: Quote,
+        meta: dict[str, Any],
+        caps_version: str | None = None,
+        batch: CounterBatch | None = None,
+    ) -> ReserveOutcome:
         import redis
 
-        keys, args = self._reserve_args(
-            kwargs["reservation_id"],
-            kwargs["counters"],
-            kwargs["quote"],
-            {**kwargs["meta"], "account_id": kwargs["account_id"]},
-            kwargs.get("caps_version"),
+        if meta.get("account_id") != account_id:
+            meta = {**meta, "account_id": account_id}
+        count, body = self._reserve_body(
+            reservation_id, account_id, counters, quote, meta, caps_version, batch
         )
         _, scripts = self.aclient()
         try:
-            raw = await scripts["reserve"](keys=keys, args=args)
+            raw = await scripts["reserve"].call_packed(count, body)
         except redis.RedisError as exc:
             raise LedgerError(self.where) from exc
         return self._outcome(raw)
@@ -801,7 +923,11 @@ class RedisLedger(Ledger):
         self, rid: str, cost_micros: int, record: dict[str, Any] | None
     ) -> tuple[list[str], list[Any]]:
         charged = max(cost_micros, 0)
-        payload = dumps({**record, "cost_micros": charged}) if record is not None else ""
+        payload = ""
+        if record is not None:
+            if record.get("cost_micros") != charged:
+                record = {**record, "cost_micros": charged}
+            payload = dumps(record)
         keys = [self.deadlines_key, self._res_key(rid), self._done_key(rid), self.usage_key]
         return keys, [rid, charged, payload, self.settled_memory_seconds]
 

@@ -77,12 +77,18 @@ def _encode(value: Any) -> bytes:
     return str(value).encode()
 
 
-def pack(args: tuple[Any, ...] | list[Any]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
+def pack_args(args: tuple[Any, ...] | list[Any]) -> bytes:
+    """The arguments of a command as RESP bulk strings, without the array header: parts
+    packed once can be joined with per-call parts (see `LeanScript.call_packed`)."""
+    parts = []
     for arg in args:
         data = _encode(arg)
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+def pack(args: tuple[Any, ...] | list[Any]) -> bytes:
+    return b"*%d\r\n" % len(args) + pack_args(args)
 
 
 class _Protocol(asyncio.Protocol):
@@ -192,11 +198,14 @@ class LeanRedis:
                 self._connecting = None
 
     def _send(self, proto: _Protocol, args: tuple[Any, ...] | list[Any]) -> asyncio.Future[Any]:
+        return self._send_packed(proto, pack(args))
+
+    def _send_packed(self, proto: _Protocol, data: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         assert proto.transport is not None  # noqa: S101 - set by connection_made
         proto.waiters.append(fut)
-        proto.transport.write(pack(args))
+        proto.transport.write(data)
         handle = loop.call_later(self._timeout, self._expire, proto, fut)
         fut.add_done_callback(lambda _f: handle.cancel())
         return fut
@@ -212,6 +221,11 @@ class LeanRedis:
     async def execute(self, *args: Any) -> Any:
         proto = await self._protocol()
         return await self._send(proto, args)
+
+    async def execute_packed(self, data: bytes) -> Any:
+        """One command already packed as RESP (an array header and its bulk strings)."""
+        proto = await self._protocol()
+        return await self._send_packed(proto, data)
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several commands written at once (one round trip), replies in order."""
@@ -244,12 +258,22 @@ class LeanScript:
         self.client = client
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        self._evalsha = pack_args(("EVALSHA", self.sha))
 
     async def __call__(self, keys: list[Any] | tuple[Any, ...] = (), args: Any = ()) -> Any:
+        return await self.call_packed(
+            1 + len(keys) + len(args), pack_args((len(keys), *keys, *args))
+        )
+
+    async def call_packed(self, count: int, body: bytes) -> Any:
+        """Run with numkeys, KEYS and ARGV already packed by `pack_args` (`count` of them)."""
+        header = b"*%d\r\n" % (count + 2)
         try:
-            return await self.client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self.client.execute_packed(header + self._evalsha + body)
         except NoScriptError:
-            return await self.client.execute("EVAL", self.source, len(keys), *keys, *args)
+            return await self.client.execute_packed(
+                header + pack_args(("EVAL", self.source)) + body
+            )
 
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, bool], LeanRedis]]

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from .ledger import (
     MAX_EXACT,
+    CounterBatch,
     CounterSpec,
     CounterState,
     Ledger,
@@ -325,6 +326,11 @@ class AccountConfig:
     plan_monthly_max_micros: int | None
     version: str | None = None
     loaded_at: float = 0.0
+    # Counter plans derived from this config (`_counter_plan`): they go when it goes, so a
+    # caps change (a new config) can never be answered from an old plan.
+    plans: dict[tuple[int, str, str, str], CounterPlan] = dataclasses.field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
 
 def load_account_config(account_id: int) -> AccountConfig:
@@ -421,6 +427,7 @@ class Plan:
     quote: Quote
     price: Price
     embeddings: bool
+    batch: CounterBatch | None = None  # the reused windowed counters `counters` begin with
 
 
 def _strictest(limits: list[int]) -> int | None:
@@ -484,20 +491,43 @@ def _limit(
     return limit, note
 
 
-def plan_admission(req: AdmitRequest, config: AccountConfig, *, now: dt.datetime) -> Plan:
-    key = req.key
-    price = price_in(config, req.model)
-    model = canonical_model(req.model)
+@dataclass(frozen=True)
+class CounterPlan:
+    """The time-windowed counters of one key and model, and the model's price: what every
+    request of that key and model reserves against until the day rolls over. Built once
+    per window and reused, instead of eight counters' windows, keys and limits per request."""
+
+    batch: CounterBatch
+    infos: tuple[CounterInfo, ...]
+    price: Price
+    valid_from: float  # unix seconds: the window's start
+    valid_until: float  # the next day (account zone) or UTC day (the price date), first
+
+
+_MAX_PLANS = 1000
+
+
+def _counter_plan(
+    config: AccountConfig, key: ResolvedKeyLike, model_name: str, now: dt.datetime
+) -> CounterPlan:
+    slot = (key.api_key_id, key.api_key_name, key.account_timezone, model_name)
+    plan = config.plans.get(slot)
+    stamp = now.timestamp()
+    if plan is not None and plan.valid_from <= stamp < plan.valid_until:
+        return plan
+    price = price_in(config, model_name)
+    model = canonical_model(model_name)
     retention = dt.timedelta(days=settings.LEDGER_COUNTER_RETENTION_DAYS)
     counters: list[CounterSpec] = []
     infos: list[CounterInfo] = []
-    for scope, period, api_key_id, cap_model, window in _targets(
+    targets = _targets(
         account_id=key.account_id,
         api_key_id=key.api_key_id,
         model=model,
         now=now,
         tz_name=key.account_timezone,
-    ):
+    )
+    for scope, period, api_key_id, cap_model, window in targets:
         limit, note = _limit(
             config, scope=scope, period=period, api_key_id=api_key_id, model=cap_model
         )
@@ -522,6 +552,30 @@ def plan_admission(req: AdmitRequest, config: AccountConfig, *, now: dt.datetime
         elif scope == "model":
             subject = f"model {cap_model}" + (f", key '{key.api_key_name}'" if api_key_id else "")
         infos.append(CounterInfo(scope, period, subject, window.resets_at))
+    day = targets[0][4]
+    # catalogue prices are dated (UTC): a plan never outlives the UTC day it priced.
+    utc_midnight = dt.datetime.combine(now.astimezone(dt.UTC).date(), dt.time(0), tzinfo=dt.UTC)
+    assert day.start is not None and day.resets_at is not None  # noqa: S101 - a day window
+    plan = CounterPlan(
+        batch=CounterBatch(tuple(counters)),
+        infos=tuple(infos),
+        price=price,
+        valid_from=max(day.start, utc_midnight).timestamp(),
+        valid_until=min(day.resets_at, utc_midnight + dt.timedelta(days=1)).timestamp(),
+    )
+    if len(config.plans) >= _MAX_PLANS:
+        config.plans.clear()
+    config.plans[slot] = plan
+    return plan
+
+
+def plan_admission(req: AdmitRequest, config: AccountConfig, *, now: dt.datetime) -> Plan:
+    key = req.key
+    base = _counter_plan(config, key, req.model, now)
+    price = base.price
+    retention = dt.timedelta(days=settings.LEDGER_COUNTER_RETENTION_DAYS)
+    counters = base.batch.specs
+    infos = base.infos
     if req.run_id:
         run_limits = [
             c.limit_micros
@@ -531,14 +585,14 @@ def plan_admission(req: AdmitRequest, config: AccountConfig, *, now: dt.datetime
         if req.run_budget_micros is not None:
             # The header can only lower the key's run cap, never raise it.
             run_limits.append(min(max(req.run_budget_micros, 0), MAX_EXACT))
-        counters.append(
+        counters += (
             CounterSpec(
                 key=run_counter_key(api_key_id=key.api_key_id, run_id=req.run_id),
                 limit_micros=_strictest(run_limits),
                 expires_at=now + retention,
-            )
+            ),
         )
-        infos.append(CounterInfo("run", RUN, f"run '{req.run_id}'", None))
+        infos += (CounterInfo("run", RUN, f"run '{req.run_id}'", None),)
 
     embeddings = req.endpoint == "embeddings"
     rate_in, _, rate_out = price.rates_for(input_tokens=max(req.input_tokens_bound, 0))
@@ -561,7 +615,7 @@ def plan_admission(req: AdmitRequest, config: AccountConfig, *, now: dt.datetime
         ceiling_tokens=ceiling,
         min_tokens=0 if embeddings else min(max(req.min_output_tokens, 0), ceiling),
     )
-    return Plan(tuple(counters), tuple(infos), quote, price, embeddings)
+    return Plan(counters, infos, quote, price, embeddings, base.batch)
 
 
 class RequestTooLarge(Refused):
@@ -701,6 +755,7 @@ async def budget_admit(req: AdmitRequest) -> Admission:
                 quote=plan.quote,
                 meta=_meta(req, rid, now=now),
                 caps_version=config.version,
+                batch=plan.batch,
             )
         except StaleCaps:
             _config_cache.pop(req.key.account_id, None)

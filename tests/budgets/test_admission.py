@@ -277,6 +277,36 @@ def test_a_capped_key_shows_paused_until_its_day_rolls_over(key) -> None:  # typ
         admit(request(key))
 
 
+def test_each_request_reserves_against_its_own_days_counter_whatever_was_planned_before(
+    key,
+) -> None:  # type: ignore[no-untyped-def]
+    # The windowed counters are planned once per key, model and day and reused: a plan
+    # must never serve another day, forwards (midnight) or back (a clock set back).
+    cap(key, limit=1_000)
+    day_one = dt.datetime(2026, 11, 27, 18, 29, 59, tzinfo=dt.UTC)  # 23:59:59 in Kolkata
+    day_two = dt.datetime(2026, 11, 27, 18, 30, tzinfo=dt.UTC)
+    for moment, reserved_before in ((day_one, 0), (day_two, 0), (day_one, 210)):
+        with time_machine.travel(moment, tick=False):
+            [status] = cap_status_for(key)
+            assert status.reserved_micros == reserved_before
+            admit(request(key))
+            [status] = cap_status_for(key)
+            assert status.reserved_micros == reserved_before + 210
+
+
+def test_a_cap_change_replans_the_counters_of_a_key_already_serving(key, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.LEDGER_CONFIG_CACHE_SECONDS = 3600
+    admit(request(key))  # plans this key's counters with no key cap
+    new_cap = cap(key, limit=250)
+    services.caps_changed(account_id=key.account_id)
+    with pytest.raises(BudgetExceeded):
+        admit(request(key))  # 210 reserved + 210 more would pass the new 250 cap
+    new_cap.limit_micros = 1_000
+    new_cap.save()
+    services.caps_changed(account_id=key.account_id)
+    assert admit(request(key)).remaining_micros == 1_000 - 420
+
+
 def test_the_free_plan_limits_monthly_spend_without_any_cap(key) -> None:  # type: ignore[no-untyped-def]
     # Free plan: $100 a month at most (billing.entitlements).
     admission = admit(request(key))

@@ -8,11 +8,12 @@ import uuid
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connections
 from django.db.models import Sum
 
 from accounts.models import Account
-from budgets.ledger import CounterSpec, Ledger, Quote, RedisLedger, SqlLedger
+from budgets.ledger import CounterBatch, CounterSpec, Ledger, Quote, RedisLedger, SqlLedger
 from budgets.models import Reservation, UsageRecord
 
 from .conftest import build, cleanup_redis, make_api_key
@@ -201,6 +202,42 @@ def test_counters_are_per_window_keys(ledger, account) -> None:  # type: ignore[
     assert not reserve(ledger, account, [today])[1].ok
     assert reserve(ledger, account, [tomorrow])[1].ok
     assert state(ledger, today.key) == (200, 0)
+
+
+def test_the_async_reserve_with_a_reused_counter_batch_matches_the_sync_contract(
+    ledger, account
+) -> None:  # type: ignore[no-untyped-def]
+    # The proxy's path: areserve, the windowed counters as a batch reused across requests
+    # (the Redis ledger keeps their encoding in it), and a per-request run counter after.
+    batch = CounterBatch(
+        (
+            CounterSpec("account:1:month:x", limit_micros=10_000),
+            CounterSpec("model:1:gpt:month:x", limit_micros=None),
+        )
+    )
+    run = CounterSpec("run:1:r1", limit_micros=450)
+
+    def areserve(rid: str) -> Any:
+        return async_to_sync(ledger.areserve)(
+            reservation_id=rid,
+            account_id=account.id,
+            counters=(*batch.specs, run),
+            quote=quote(),
+            meta={**record(account, None, rid), "http_status": 0, "choices": 1},
+            batch=batch,
+        )
+
+    first, second, third = (str(uuid.uuid4()) for _ in range(3))
+    assert areserve(first).amount_micros == 200
+    outcome = areserve(second)  # the batch's cached encoding, if any, is reused
+    assert outcome.ok and outcome.tightest == 2 and outcome.remaining_micros == 50
+    for spec in (*batch.specs, run):
+        assert state(ledger, spec.key) == (0, 400)
+    refused = areserve(third)  # 50 left on the run counter: not even the input fits
+    assert not refused.ok and refused.tightest == 2 and refused.reserved_micros == 400
+    assert ledger.settle(reservation_id=first, cost_micros=120, record=None)
+    assert state(ledger, run.key) == (120, 200)
+    assert state(ledger, batch.specs[1].key) == (120, 200)
 
 
 def test_a_reservation_id_cannot_be_reserved_twice(ledger, account) -> None:  # type: ignore[no-untyped-def]
