@@ -7,17 +7,10 @@ or pausing a key takes effect on every worker within that many seconds instead o
 once. Spend caps are not affected (the ledger is asked on every request), only the
 revoked/paused flags. Entries are keyed by a SHA-256 of the presented key, never the key
 itself, and unknown keys are not cached (a flood of bad keys cannot grow the cache).
-
-The provider key a resolved key calls with is decrypted once per the same window too
-(`provider_secret`; Fernet's HMAC check and AES cost ~15-20 µs a request otherwise). The
-plaintext stays in this worker's memory only, for at most PROXY_KEY_CACHE_SECONDS after
-it was decrypted, keyed by its ciphertext: a replaced or re-encrypted provider key has a
-new ciphertext and is decrypted afresh.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 
@@ -26,13 +19,11 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from keys.services import ResolvedKey, api_key_mark_used, api_key_resolve
-from keys.vault import decrypt
 
 from .errors import ProxyError
 
 _MAX_ENTRIES = 10_000
 _cache: dict[bytes, tuple[float, ResolvedKey]] = {}
-_secrets: dict[str, tuple[float, str]] = {}
 
 
 def _resolve_sync(raw: str) -> ResolvedKey | None:
@@ -89,28 +80,3 @@ async def key_authenticate(headers: dict[str, str]) -> ResolvedKey:
             _cache.clear()
         _cache[slot] = (now + ttl, resolved)
     return resolved
-
-
-def provider_secret(ciphertext: str) -> str:
-    """The decrypted provider key (raises keys.vault.VaultError), reused for
-    PROXY_KEY_CACHE_SECONDS like the resolved key that carries the ciphertext."""
-    ttl = settings.PROXY_KEY_CACHE_SECONDS
-    if ttl <= 0:
-        return decrypt(ciphertext)
-    now = time.monotonic()
-    cached = _secrets.get(ciphertext)
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    secret = decrypt(ciphertext)
-    if len(_secrets) >= _MAX_ENTRIES:
-        _secrets.clear()
-    _secrets[ciphertext] = (now + ttl, secret)
-    # Dropped when it expires even if no request comes to replace it.
-    asyncio.get_running_loop().call_later(ttl + 0.1, _forget_secret, ciphertext)
-    return secret
-
-
-def _forget_secret(ciphertext: str) -> None:
-    cached = _secrets.get(ciphertext)
-    if cached is not None and cached[0] <= time.monotonic():
-        del _secrets[ciphertext]

@@ -40,10 +40,10 @@ from budgets.services import (
     budget_settle,
 )
 from keys.services import ResolvedKey
-from keys.vault import VaultError
+from keys.vault import VaultError, decrypt
 
 from . import metrics, reqlog
-from .auth import key_authenticate, provider_secret
+from .auth import key_authenticate
 from .cache import CacheEntry, Flight, cache_bypassed, cache_digest, cache_finish, cache_get_or_lead
 from .errors import ProxyError, bad_request, error_envelope
 from .sse import (
@@ -672,7 +672,7 @@ async def forward(
     ex.remaining = admission.remaining_micros
     ex.max_tokens = admission.output_tokens_allowed if admission.clamped else None
     try:
-        secret = provider_secret(key.provider_key_ciphertext)
+        secret = decrypt(key.provider_key_ciphertext)
     except VaultError:
         await _release(admission, None)
         raise ProxyError(
@@ -920,7 +920,7 @@ async def models(ex: Exchange, path: str) -> None:
             retryable=False,
         )
     try:
-        secret = provider_secret(key.provider_key_ciphertext)
+        secret = decrypt(key.provider_key_ciphertext)
     except VaultError:
         raise ProxyError(
             500,

@@ -176,33 +176,3 @@ def test_responses_replay_is_a_valid_event_sequence() -> None:
     assert kinds[0] == b"event: response.created" and kinds[-1] == b"event: response.completed"
     seqs = [json.loads(e.split(b"data: ", 1)[1])["sequence_number"] for e in events]
     assert seqs == list(range(len(events)))
-
-
-def test_a_decrypted_provider_key_is_forgotten_once_its_window_ends(settings) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
-    import threading
-
-    from keys import vault
-    from proxy import auth
-
-    settings.PROXY_KEY_CACHE_SECONDS = 2
-    old, new = vault.encrypt("sk-old-" + "a" * 20), vault.encrypt("sk-new-" + "b" * 20)
-
-    async def use() -> tuple[str, str]:
-        return auth.provider_secret(old), auth.provider_secret(new)
-
-    got: list[tuple[str, str]] = []
-    # A loop of its own, in its own thread (another test may have left one running here).
-    runner = threading.Thread(target=lambda: got.append(asyncio.run(use())))
-    runner.start()
-    runner.join(timeout=10)
-    assert got == [("sk-old-" + "a" * 20, "sk-new-" + "b" * 20)]
-    assert set(auth._secrets) >= {old, new}
-    # The timer set at decryption drops an entry whose window has ended, and only such.
-    expires, secret = auth._secrets[old]
-    auth._forget_secret(old)
-    assert auth._secrets[old] == (expires, secret)
-    auth._secrets[old] = (expires - 10, secret)
-    auth._forget_secret(old)
-    assert old not in auth._secrets and new in auth._secrets
-    auth._secrets.clear()
