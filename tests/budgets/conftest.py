@@ -11,6 +11,7 @@ import pytest
 
 from accounts.models import Account
 from budgets.ledger import Ledger, RedisLedger, SqlLedger, reset_ledger
+from budgets.services import AdmitRequest, UsageData
 from keys.models import ApiKey
 
 # The Redis ledger is tested on every run where a Redis answers, embedded-default runs
@@ -123,3 +124,39 @@ def configured_ledger(ledger_kind: str, settings) -> Iterator[Ledger]:  # type: 
     services._config_cache.clear()
     if isinstance(built, RedisLedger):
         cleanup_redis(built)
+
+
+MODEL = "gpt-4o-mini"  # 0.15 µ$ per input token, 0.6 µ$ per output token
+
+
+def admit_request(key: Key, **kw: object) -> AdmitRequest:
+    """An admission request for `key` with sensible defaults; keywords override."""
+    values: dict[str, object] = {
+        "key": key,
+        "endpoint": "chat.completions",
+        "model": MODEL,
+        "input_tokens_bound": 1_000,
+        "requested_output_tokens": 100,
+    }
+    values.update(kw)
+    return AdmitRequest(**values)  # type: ignore[arg-type]
+
+
+def usage(cost: int, **kw: object) -> UsageData:
+    """What the proxy reports after a call that cost `cost` micros; keywords override."""
+    values: dict[str, object] = {
+        "request_id": uuid.uuid4(),
+        "endpoint": "chat.completions",
+        "model": MODEL,
+        "run_id": "",
+        "input_tokens": 800,
+        "cached_tokens": 0,
+        "output_tokens": 40,
+        "cost_micros": cost,
+        "saved_micros": 0,
+        "cache_status": "MISS",
+        "http_status": 200,
+        "latency_ms": 12,
+    }
+    values.update(kw)
+    return UsageData(**values)  # type: ignore[arg-type]

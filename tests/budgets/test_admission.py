@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import pytest
 import time_machine
@@ -17,11 +16,9 @@ from budgets.models import Cap, ModelPrice, UsageRecord
 from budgets.pricing import UnknownModel
 from budgets.services import (
     AccountPaused,
-    AdmitRequest,
     BudgetExceeded,
     KeyPaused,
     LedgerUnavailable,
-    UsageData,
     budget_admit,
     budget_release,
     budget_settle,
@@ -31,7 +28,8 @@ from budgets.services import (
 )
 from tests.conftest import free_port
 
-from .conftest import Key, key_for, make_api_key
+from .conftest import Key, key_for, make_api_key, usage
+from .conftest import admit_request as request
 
 admit = async_to_sync(budget_admit)
 settle = async_to_sync(budget_settle)
@@ -46,37 +44,6 @@ def key(owner, configured_ledger) -> Key:  # type: ignore[no-untyped-def]
     owner.account.timezone = "Asia/Kolkata"
     owner.account.save()
     return key_for(make_api_key(owner.account))
-
-
-def request(key: Key, **kw: object) -> AdmitRequest:
-    values: dict[str, object] = {
-        "key": key,
-        "endpoint": "chat.completions",
-        "model": MODEL,
-        "input_tokens_bound": 1_000,
-        "requested_output_tokens": 100,
-    }
-    values.update(kw)
-    return AdmitRequest(**values)  # type: ignore[arg-type]
-
-
-def usage(cost: int, **kw: object) -> UsageData:
-    values: dict[str, object] = {
-        "request_id": uuid.uuid4(),
-        "endpoint": "chat.completions",
-        "model": MODEL,
-        "run_id": "",
-        "input_tokens": 800,
-        "cached_tokens": 0,
-        "output_tokens": 40,
-        "cost_micros": cost,
-        "saved_micros": 0,
-        "cache_status": "MISS",
-        "http_status": 200,
-        "latency_ms": 12,
-    }
-    values.update(kw)
-    return UsageData(**values)  # type: ignore[arg-type]
 
 
 def cap(key: Key, *, scope: str = "key", period: str = "day", limit: int, **kw: object) -> Cap:

@@ -8,7 +8,6 @@ Parametrised over both ledgers (SQL, and Redis when one answers).
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import pytest
 import time_machine
@@ -20,17 +19,15 @@ from budgets.ledger import Ledger
 from budgets.models import Cap, UsageRecord
 from budgets.reconcile import ledger_reconcile
 from budgets.services import (
-    AdmitRequest,
     BudgetExceeded,
     Refused,
-    UsageData,
     budget_admit,
     budget_settle,
     cap_status,
     run_counter_key,
 )
 
-from .conftest import Key, key_for, make_api_key
+from .conftest import Key, admit_request, key_for, make_api_key, usage
 
 admit = async_to_sync(budget_admit)
 settle = async_to_sync(budget_settle)
@@ -43,37 +40,6 @@ def key(owner, configured_ledger) -> Key:  # type: ignore[no-untyped-def]
     owner.account.timezone = "Europe/Berlin"
     owner.account.save()
     return key_for(make_api_key(owner.account))
-
-
-def admit_request(key: Key, **kw: object) -> AdmitRequest:
-    values: dict[str, object] = {
-        "key": key,
-        "endpoint": "chat.completions",
-        "model": MODEL,
-        "input_tokens_bound": 1_000,
-        "requested_output_tokens": 100,
-    }
-    values.update(kw)
-    return AdmitRequest(**values)  # type: ignore[arg-type]
-
-
-def usage(cost: int, **kw: object) -> UsageData:
-    values: dict[str, object] = {
-        "request_id": uuid.uuid4(),
-        "endpoint": "chat.completions",
-        "model": MODEL,
-        "run_id": "",
-        "input_tokens": 800,
-        "cached_tokens": 0,
-        "output_tokens": 40,
-        "cost_micros": cost,
-        "saved_micros": 0,
-        "cache_status": "MISS",
-        "http_status": 200,
-        "latency_ms": 12,
-    }
-    values.update(kw)
-    return UsageData(**values)  # type: ignore[arg-type]
 
 
 def cap(key: Key, *, scope: str = "key", period: str = "day", limit: int) -> Cap:
