@@ -44,7 +44,9 @@ def create_api_key(page: Any, product: LiveProduct, name: str) -> None:
     page.goto(product.url("/keys/"))
     page.fill("#api-form input[name=name]", name)
     page.click("#api-form button[type=submit]")
-    page.wait_for_selector("text=bllm_")
+    # Wait for the one-time reveal of the new key: the page always mentions "bllm_", so
+    # waiting for that text would return before the form's response arrived.
+    page.wait_for_selector("#new-key-value")
 
 
 def post_razorpay(product: LiveProduct, payload: dict[str, Any], event_id: str) -> int:
