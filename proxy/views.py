@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 
-import aiohttp
 from django.conf import settings
 
 from budgets.ledger import MAX_EXACT
@@ -54,7 +53,7 @@ from .sse import (
     chat_replay,
     responses_replay,
 )
-from .upstream import upstream_session, upstream_url
+from .upstream import ConnectFailed, UpstreamError, upstream_pool, upstream_url
 from .usage import Tokens, tokens_from_usage
 from .validation import CHAT, EMBEDDINGS, PARSERS, RESPONSES, ParsedRequest
 
@@ -419,18 +418,18 @@ def _passthrough_headers(headers: Any) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _upstream_headers(ex: Exchange, secret: str, *, stream: bool) -> dict[str, str]:
-    headers = {
-        "Authorization": f"Bearer {secret}",
-        "Content-Type": "application/json",
-        "Accept": "text/event-stream" if stream else "application/json",
-        "X-Request-Id": str(ex.request_id),
-        **reqlog.upstream_headers(ex.request_id),
-    }
+def _upstream_headers(ex: Exchange, secret: str, *, stream: bool) -> list[tuple[str, str]]:
+    headers = [
+        ("Authorization", f"Bearer {secret}"),
+        ("Content-Type", "application/json"),
+        ("Accept", "text/event-stream" if stream else "application/json"),
+        ("X-Request-Id", str(ex.request_id)),
+        *reqlog.upstream_headers(ex.request_id).items(),
+    ]
     for name in _forwarded_request_headers():
         value = ex.headers.get(name)
         if value:
-            headers[name] = value
+            headers.append((name, value))
     return headers
 
 
@@ -463,7 +462,7 @@ def _may_have_been_billed(exc: BaseException, *, status: int) -> bool:
     """
     if status == 200:
         return True
-    if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return False
     return isinstance(exc, TimeoutError)
 
@@ -484,13 +483,13 @@ def _upstream_failure(exc: BaseException, *, charged: bool) -> ProxyError:
     if charged:
         return ProxyError(
             502,
-            f"The provider's answer broke off ({type(exc).__name__}). " + outcome,
+            f"The provider's answer broke off ({exc}). " + outcome,
             type_="upstream_error",
             code="upstream_incomplete",
         )
     return ProxyError(
         502,
-        f"Could not reach the provider ({type(exc).__name__}). " + outcome,
+        f"Could not reach the provider ({exc}). " + outcome,
         type_="upstream_error",
         code="upstream_unreachable",
     )
@@ -696,18 +695,18 @@ async def relay_plain(
     admission: Admission,
     path: str,
     body: bytes,
-    headers: dict[str, str],
+    headers: list[tuple[str, str]],
     run_id: str,
     cache: bool,
 ) -> CacheEntry | None:
     t0 = time.perf_counter()
     status = 0
     try:
-        async with upstream_session().post(upstream_url(path), data=body, headers=headers) as resp:
-            status = resp.status
-            passthrough = _passthrough_headers(resp.headers)
-            payload = await resp.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        resp = await upstream_pool().request(b"POST", upstream_url(path), headers, body)
+        status = resp.status
+        passthrough = _passthrough_headers(resp.headers)
+        payload = await resp.read()
+    except UpstreamError as exc:
         ex.upstream_seconds = time.perf_counter() - t0
         raise await _account_failed_call(ex, parsed, admission, run_id, exc, status) from None
     ex.upstream_seconds = time.perf_counter() - t0
@@ -753,23 +752,21 @@ async def relay_stream(
     admission: Admission,
     path: str,
     body: bytes,
-    headers: dict[str, str],
+    headers: list[tuple[str, str]],
     run_id: str,
     cache: bool,
 ) -> CacheEntry | None:
     t0 = time.perf_counter()
     try:
-        resp = await upstream_session().post(upstream_url(path), data=body, headers=headers)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        resp = await upstream_pool().request(b"POST", upstream_url(path), headers, body)
+    except UpstreamError as exc:
         ex.upstream_seconds = time.perf_counter() - t0
         raise await _account_failed_call(ex, parsed, admission, run_id, exc, 0) from None
     if resp.status != 200:
         try:
             payload = await resp.read()
-        except (aiohttp.ClientError, TimeoutError):
+        except UpstreamError:
             payload = b""
-        finally:
-            resp.release()
         ex.upstream_seconds = time.perf_counter() - t0
         await _release(admission, _usage(ex, parsed, run_id, Tokens(0, 0, 0), 0, resp.status))
         ex.remaining = _remaining_after(admission, 0)
@@ -815,7 +812,7 @@ async def relay_stream(
     settled = False
     try:
         try:
-            async for chunk in resp.content.iter_any():
+            while chunk := await resp.next_chunk():
                 events = splitter.feed(chunk)
                 if not events:
                     continue
@@ -836,9 +833,9 @@ async def relay_stream(
                     break
         except TimeoutError:
             broken = "The provider stopped sending in the middle of the stream (timeout)."
-        except (aiohttp.ClientError, ConnectionError) as exc:
+        except UpstreamError as exc:
             if not gone:
-                broken = f"The provider's stream broke off ({type(exc).__name__})."
+                broken = f"The provider's stream broke off ({exc})."
         ex.upstream_seconds = time.perf_counter() - t0
         if not gone and broken is None and not state.done:
             broken = "The provider's stream ended before its final event."
@@ -928,15 +925,14 @@ async def models(ex: Exchange, path: str) -> None:
             type_="server_error",
             code="provider_key_undecryptable",
         ) from None
-    headers = _upstream_headers(ex, secret, stream=False)
-    del headers["Content-Type"]
+    headers = [h for h in _upstream_headers(ex, secret, stream=False) if h[0] != "Content-Type"]
     t0 = time.perf_counter()
     try:
-        async with upstream_session().get(upstream_url(path), headers=headers) as resp:
-            payload = await resp.read()
-            status = resp.status
-            passthrough = _passthrough_headers(resp.headers)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        resp = await upstream_pool().request(b"GET", upstream_url(path), headers)
+        status = resp.status
+        passthrough = _passthrough_headers(resp.headers)
+        payload = await resp.read()
+    except UpstreamError as exc:
         raise _upstream_failure(exc, charged=False) from None  # listing models is free
     finally:
         ex.upstream_seconds = time.perf_counter() - t0

@@ -47,6 +47,11 @@ class FakeOpenAI:
     def stats(self) -> dict[str, int]:
         return dict(httpx.get(self.base_url.removesuffix("/v1") + "/_fake/stats").json())
 
+    def connections(self) -> int:
+        """Distinct connections the requests since the last reset came on."""
+        url = self.base_url.removesuffix("/v1") + "/_fake/connections"
+        return int(httpx.get(url).json()["connections"])
+
     def reset(self) -> None:
         httpx.post(self.base_url.removesuffix("/v1") + "/_fake/reset")
 

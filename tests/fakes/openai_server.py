@@ -21,7 +21,8 @@ Behaviour, deterministic so tests can assert exact numbers:
   bills for content the fake cannot count, e.g. an image); `X-Fake-Truncate-Body: N`
   answers a non-streaming request 200 with its full Content-Length but closes the
   connection after N bytes of the body (the answer was generated, so it was billed).
-- `GET /_fake/stats` returns request counts per path; `POST /_fake/reset` clears them.
+- `GET /_fake/stats` returns request counts per path; `GET /_fake/connections` the number
+  of distinct client connections that sent them; `POST /_fake/reset` clears both.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ FAKE_WORDS = 20
 MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano", "text-embedding-3-small"]
 
 stats: Counter[str] = Counter()
+peers: set[Any] = set()
 
 
 def error(status: int, message: str, type_: str, code: str | None = None) -> web.Response:
@@ -74,6 +76,8 @@ def check_auth(request: web.Request) -> web.Response | None:
 
 async def preamble(request: web.Request) -> web.Response | None:
     stats[request.path] += 1
+    if request.transport is not None:
+        peers.add(request.transport.get_extra_info("peername"))
     denied = check_auth(request)
     if denied is not None:
         return denied
@@ -385,8 +389,13 @@ async def fake_stats(request: web.Request) -> web.Response:
     return web.json_response(dict(stats))
 
 
+async def fake_connections(request: web.Request) -> web.Response:
+    return web.json_response({"connections": len(peers)})
+
+
 async def fake_reset(request: web.Request) -> web.Response:
     stats.clear()
+    peers.clear()
     return web.json_response({})
 
 
@@ -397,6 +406,7 @@ def make_app() -> web.Application:
     app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/_fake/stats", fake_stats)
+    app.router.add_get("/_fake/connections", fake_connections)
     app.router.add_post("/_fake/reset", fake_reset)
     return app
 

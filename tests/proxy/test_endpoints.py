@@ -50,6 +50,25 @@ def test_embeddings(proxy: ProxyServer, tenant: Tenant) -> None:
     assert record.input_tokens == result.usage.prompt_tokens
 
 
+def test_one_worker_sends_every_kind_of_request_on_one_kept_alive_connection(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    client = proxy.client(tenant.raw)
+    for i in range(3):
+        messages = [{"role": "user", "content": f"keep-alive {i}"}]
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"streamed {i}"}],
+            stream=True,
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        client.embeddings.create(model="text-embedding-3-small", input=[f"text {i}"])
+        client.models.list()
+    assert sum(fake_openai.stats().values()) == 12
+    assert fake_openai.connections() == 1
+
+
 def test_models_list(proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI) -> None:
     models = proxy.client(tenant.raw).models.list()
     assert "gpt-4o-mini" in [m.id for m in models]

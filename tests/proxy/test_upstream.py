@@ -1,0 +1,411 @@
+"""The provider client (proxy.upstream) against small scripted HTTP servers.
+
+Each test runs on both uvloop (what production uses) and asyncio's own loop. The servers
+speak raw bytes so that every framing the provider may use is exercised exactly:
+Content-Length, chunked, read-until-close, gzip, an early close, silence, TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import gzip
+import ipaddress
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from proxy.upstream import (
+    MAX_BUFFERED,
+    BadResponse,
+    ConnectFailed,
+    ConnectTimeout,
+    Disconnected,
+    Pool,
+    ReadTimeout,
+    Target,
+)
+
+Handler = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(coro)
+
+    return runner
+
+
+class Server:
+    """Answers each request on a connection with `handler`; counts connections."""
+
+    def __init__(self, handler: Handler, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.ssl_context = ssl_context
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def __aenter__(self) -> Server:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    def target(self, path: str = "/v1/chat/completions", host: str = "127.0.0.1") -> Target:
+        scheme = "https" if self.ssl_context else "http"
+        return Target(scheme, host, self.port, path.encode(), f"{host}:{self.port}".encode())
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                request = head + await reader.readexactly(length)
+                self.requests.append(request)
+                await self.handler(request, reader, writer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def answer(body: bytes, *extra: bytes) -> Handler:
+    async def handler(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b"".join(
+            h + b"\r\n" for h in extra
+        )
+        writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    return handler
+
+
+def then_close(raw: bytes) -> Handler:
+    """Writes `raw` and closes the connection."""
+
+    async def handler(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(raw)
+        await writer.drain()
+        writer.close()
+
+    return handler
+
+
+def pool(**overrides: Any) -> Pool:
+    options = {"max_connections": 8, "connect_timeout": 2.0, "read_timeout": 2.0, **overrides}
+    return Pool(asyncio.get_running_loop(), **options)
+
+
+def test_requests_reuse_one_keep_alive_connection(run: Any) -> None:
+    async def main() -> None:
+        async with Server(answer(b'{"ok":1}', b"X-Ratelimit-Remaining: 9")) as server:
+            p = pool()
+            for _ in range(3):
+                resp = await p.request(b"POST", server.target(), [("A", "b")], b'{"q":1}')
+                assert (resp.status, await resp.read()) == (200, b'{"ok":1}')
+                assert resp.headers.get("X-RateLimit-Remaining") == "9"
+            assert server.connections == 1
+            assert p.open == 1
+            first = server.requests[0]
+            assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+            assert b"\r\nHost: 127.0.0.1:%d\r\n" % server.port in first
+            assert b"\r\nContent-Length: 7\r\n" in first and first.endswith(b'\r\n\r\n{"q":1}')
+            assert b"\r\nAccept-Encoding: identity\r\n" in first
+            p.close()
+
+    run(main())
+
+
+def test_chunked_and_read_until_close_answers_are_read_whole(run: Any) -> None:
+    async def chunked(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in (b'{"a":', b'"long"', b"}"):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.write(b"0\r\n\r\n")
+
+    until_close = then_close(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+
+    async def main() -> None:
+        async with Server(chunked) as server:
+            p = pool()
+            resp = await p.request(b"POST", server.target(), [], b"{}")
+            assert await resp.read() == b'{"a":"long"}'
+            resp = await p.request(b"POST", server.target(), [], b"{}")
+            assert await resp.read() == b'{"a":"long"}'
+            assert server.connections == 1
+        async with Server(until_close) as server:
+            p = pool()
+            resp = await p.request(b"GET", server.target("/v1/models"), [])
+            assert await resp.read() == b"all of it"
+            assert p.open == 0  # "Connection: close" is honoured: nothing is pooled
+
+    run(main())
+
+
+def test_a_stream_arrives_piece_by_piece_and_its_connection_is_reused(run: Any) -> None:
+    async def sse(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        for i in range(3):
+            event = b"data: %d\n\n" % i
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.write(b"0\r\n\r\n")
+
+    async def main() -> None:
+        async with Server(sse) as server:
+            p = pool()
+            for _ in range(2):
+                resp = await p.request(b"POST", server.target(), [], b"{}")
+                pieces = []
+                while chunk := await resp.next_chunk():
+                    pieces.append(chunk)
+                resp.release()
+                assert b"".join(pieces) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+                assert len(pieces) >= 2, "the stream was buffered, not relayed"
+            assert server.connections == 1
+
+    run(main())
+
+
+def test_a_slow_reader_pauses_the_provider_instead_of_buffering_without_bound(run: Any) -> None:
+    big = b"x" * (4 * 1024 * 1024)
+
+    async def main() -> None:
+        async with Server(answer(big)) as server:
+            resp = await pool().request(b"POST", server.target(), [], b"{}")
+            await asyncio.sleep(0.3)  # the client is slow; the provider keeps sending
+            conn = resp._conn
+            assert conn.paused
+            assert conn.buffered < MAX_BUFFERED + 512 * 1024
+            received = bytearray()
+            while chunk := await resp.next_chunk():
+                received += chunk
+            assert bytes(received) == big
+
+    run(main())
+
+
+def test_a_gzip_answer_is_decoded(run: Any) -> None:
+    async def main() -> None:
+        body = gzip.compress(b'{"usage":{"prompt_tokens":3}}')
+        async with Server(answer(body, b"Content-Encoding: gzip")) as server:
+            resp = await pool().request(b"POST", server.target(), [], b"{}")
+            assert await resp.read() == b'{"usage":{"prompt_tokens":3}}'
+
+    run(main())
+
+
+def test_silence_past_the_read_timeout_is_a_read_timeout(run: Any) -> None:
+    async def silent(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+        await asyncio.sleep(5)
+
+    async def main() -> None:
+        async with Server(silent) as server:
+            p = pool(read_timeout=0.2)
+            resp = await p.request(b"POST", server.target(), [], b"{}")
+            assert resp.status == 200
+            with pytest.raises(ReadTimeout) as caught:
+                await resp.read()
+            assert isinstance(caught.value, TimeoutError)
+            assert p.open == 0  # the connection is dropped, not pooled
+
+    run(main())
+
+
+def test_an_answer_cut_off_mid_body_is_disconnected(run: Any) -> None:
+    cut = then_close(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+
+    async def main() -> None:
+        async with Server(cut) as server:
+            p = pool()
+            resp = await p.request(b"POST", server.target(), [], b"{}")
+            with pytest.raises(Disconnected):
+                await resp.read()
+            assert p.open == 0
+
+    run(main())
+
+
+def test_nothing_listening_is_connect_failed_and_not_counted(run: Any) -> None:
+    async def main() -> None:
+        async with Server(answer(b"")) as server:
+            target = server.target()
+        p = pool()
+        with pytest.raises(ConnectFailed):
+            await p.request(b"POST", target, [], b"{}")
+        assert p.open == 0
+
+    run(main())
+
+
+def test_garbage_instead_of_http_is_a_bad_response(run: Any) -> None:
+    async def garbage(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+
+    async def main() -> None:
+        async with Server(garbage) as server:
+            with pytest.raises(BadResponse):
+                await pool().request(b"POST", server.target(), [], b"{}")
+
+    run(main())
+
+
+def test_beyond_max_connections_requests_wait_for_a_free_one(run: Any) -> None:
+    async def slow(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async def main() -> None:
+        async with Server(slow) as server:
+            p = pool(max_connections=2)
+
+            async def one() -> bytes:
+                resp = await p.request(b"POST", server.target(), [], b"{}")
+                return await resp.read()
+
+            assert await asyncio.gather(*(one() for _ in range(6))) == [b"ok"] * 6
+            assert server.connections == 2
+
+    run(main())
+
+
+def test_a_cancelled_request_drops_its_connection_and_frees_its_place(run: Any) -> None:
+    async def never(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    async def main() -> None:
+        async with Server(never) as server:
+            p = pool(max_connections=1)
+            task = asyncio.ensure_future(p.request(b"POST", server.target(), [], b"{}"))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert p.open == 0
+
+    run(main())
+
+
+def test_an_idle_connection_the_server_closed_is_replaced(run: Any) -> None:
+    # The server's idle timeout strikes right after its answer.
+    once = then_close(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async def main() -> None:
+        async with Server(once) as server:
+            p = pool()
+            for _ in range(2):
+                resp = await p.request(b"POST", server.target(), [], b"{}")
+                assert await resp.read() == b"ok"
+                await asyncio.sleep(0.05)
+            assert server.connections == 2
+
+    run(main())
+
+
+def test_a_header_value_with_a_line_break_is_refused_before_sending(run: Any) -> None:
+    async def main() -> None:
+        async with Server(answer(b"")) as server:
+            with pytest.raises(ValueError, match="line break"):
+                await pool().request(b"POST", server.target(), [("X", "a\r\nEvil: 1")], b"{}")
+            assert server.connections == 0
+
+    run(main())
+
+
+def _certificate(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_is_verified_against_the_trust_store_and_the_host_name(
+    run: Any, tmp_path: Path
+) -> None:
+    cert, key = _certificate(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def main() -> None:
+        async with Server(answer(b"secure"), ssl_context=server_ctx) as server:
+            # The system trust store does not know this certificate: refused.
+            with pytest.raises(ConnectFailed):
+                await pool().request(b"POST", server.target(host="localhost"), [], b"{}")
+            trusting = pool()
+            trusting._ssl = ssl.create_default_context(cafile=str(cert))
+            resp = await trusting.request(b"POST", server.target(host="localhost"), [], b"{}")
+            assert await resp.read() == b"secure"
+            # Trusted certificate, wrong name: refused as well.
+            wrong_name = Target("https", "127.0.0.2", server.port, b"/v1/x", b"127.0.0.2")
+            other = pool()
+            other._ssl = ssl.create_default_context(cafile=str(cert))
+            with pytest.raises(ConnectFailed):
+                await other.request(b"POST", wrong_name, [], b"{}")
+
+    run(main())
+
+
+def test_a_tls_handshake_that_never_finishes_is_a_connect_timeout(run: Any) -> None:
+    async def main() -> None:
+        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(5)  # accepts TCP, never answers the TLS hello
+
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        target = Target("https", "127.0.0.1", port, b"/v1/x", b"127.0.0.1")
+        p = pool(connect_timeout=0.2)
+        with pytest.raises(ConnectTimeout):
+            await p.request(b"POST", target, [], b"{}")
+        assert p.open == 0
+        server.close()
+
+    run(main())
