@@ -431,7 +431,8 @@ LOGGING = {
             "class": "logging.StreamHandler",
             "formatter": "json" if LOG_FORMAT == "json" else "plain",
         },
-        "requests": {"class": "logging.StreamHandler", "formatter": "json"},
+        # Written in batches from the event loop (see BatchedLineHandler).
+        "requests": {"class": "proxy.reqlog.BatchedLineHandler", "formatter": "json"},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
@@ -225,12 +226,10 @@ def _json_default(value: object) -> str:
     raise TypeError(f"not JSON serialisable: {type(value)!r}")
 
 
-# One encoder, built once: json.dumps with any option builds a new encoder per call.
-_encoder = json.JSONEncoder(default=_json_default, separators=(",", ":"))
-
-
-def dumps(record: dict[str, Any]) -> str:
-    return _encoder.encode(record)
+def dumps(record: dict[str, Any]) -> bytes:
+    """Compact JSON for Redis (reservation meta, usage records) — orjson: this runs twice
+    per proxied request, where the standard library's encoder cost ~20 µs a call."""
+    return orjson.dumps(record, default=_json_default)
 
 
 def _usage_rows(records: Sequence[dict[str, Any]]) -> list[Any]:
@@ -923,7 +922,7 @@ class RedisLedger(Ledger):
         self, rid: str, cost_micros: int, record: dict[str, Any] | None
     ) -> tuple[list[str], list[Any]]:
         charged = max(cost_micros, 0)
-        payload = ""
+        payload = b""
         if record is not None:
             if record.get("cost_micros") != charged:
                 record = {**record, "cost_micros": charged}

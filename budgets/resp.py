@@ -92,12 +92,48 @@ def pack(args: tuple[Any, ...] | list[Any]) -> bytes:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, decode: bool) -> None:
+    def __init__(self, decode: bool, timeout: float) -> None:
         self.decode = decode
+        self.timeout = timeout
         self.buf = bytearray()
+        # Replies come in the order commands were sent: one future and one deadline each.
         self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.deadlines: deque[float] = deque()
+        self.timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.lost = False
+
+    def send(self, data: bytes) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if self.transport is None or self.lost:
+            fut.set_exception(RedisConnectionError("connection to Redis lost"))
+            return fut
+        self.waiters.append(fut)
+        self.deadlines.append(loop.time() + self.timeout)
+        self.transport.write(data)
+        # One watchdog for the whole queue, not a timer per command: the oldest command
+        # always has the nearest deadline.
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadlines[0], self._watchdog)
+        return fut
+
+    def _watchdog(self) -> None:
+        self.timer = None
+        if not self.deadlines:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.deadlines[0]:
+            self.timer = loop.call_at(self.deadlines[0], self._watchdog)
+            return
+        fut = self.waiters.popleft()
+        self.deadlines.popleft()
+        if not fut.done():
+            fut.set_exception(RedisTimeoutError(f"Redis did not answer within {self.timeout} s"))
+        # The replies may now arrive for the wrong caller: drop the connection (the rest
+        # fail with a connection error) and let the next command reconnect.
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but have its methods.
@@ -114,6 +150,7 @@ class _Protocol(asyncio.Protocol):
                 except _Incomplete:
                     break
                 fut = waiters.popleft()
+                self.deadlines.popleft()
                 if fut.done():  # timed out or cancelled: its reply is dropped, order kept
                     continue
                 if isinstance(value, ResponseError):
@@ -127,6 +164,10 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         error = RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}")
+        self.deadlines.clear()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
@@ -155,16 +196,18 @@ class LeanRedis:
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
-        decode = self._decode
+        decode, timeout = self._decode, self._timeout
         try:
             if self._unix:
                 _, proto = await asyncio.wait_for(
-                    loop.create_unix_connection(lambda: _Protocol(decode), self._unix),
+                    loop.create_unix_connection(lambda: _Protocol(decode, timeout), self._unix),
                     self._timeout,
                 )
             else:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Protocol(decode), self._host, self._port),
+                    loop.create_connection(
+                        lambda: _Protocol(decode, timeout), self._host, self._port
+                    ),
                     self._timeout,
                 )
         except (OSError, TimeoutError) as exc:
@@ -201,22 +244,7 @@ class LeanRedis:
         return self._send_packed(proto, pack(args))
 
     def _send_packed(self, proto: _Protocol, data: bytes) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        assert proto.transport is not None  # noqa: S101 - set by connection_made
-        proto.waiters.append(fut)
-        proto.transport.write(data)
-        handle = loop.call_later(self._timeout, self._expire, proto, fut)
-        fut.add_done_callback(lambda _f: handle.cancel())
-        return fut
-
-    def _expire(self, proto: _Protocol, fut: asyncio.Future[Any]) -> None:
-        if fut.done():
-            return
-        fut.set_exception(RedisTimeoutError(f"Redis did not answer within {self._timeout} s"))
-        # Replies may now arrive for the wrong caller: drop the connection, reconnect later.
-        if proto.transport is not None:
-            proto.transport.close()
+        return proto.send(data)
 
     async def execute(self, *args: Any) -> Any:
         proto = await self._protocol()

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 
+import orjson
 from django.conf import settings
 
 from budgets.ledger import MAX_EXACT
@@ -110,6 +111,7 @@ class Exchange:
         "send",
         "headers",
         "request_id",
+        "request_id_str",
         "started",
         "upstream_seconds",
         "cache_status",
@@ -134,6 +136,7 @@ class Exchange:
         self.send = send
         self.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         self.request_id = uuid.uuid4()
+        self.request_id_str = str(self.request_id)  # in four places per request: once
         self.started = time.perf_counter()
         self.upstream_seconds: float | None = None
         self.cache_status = "BYPASS"
@@ -157,7 +160,7 @@ class Exchange:
 
     def budget_headers(self) -> list[tuple[bytes, bytes]]:
         out = [
-            (b"x-request-id", str(self.request_id).encode()),
+            (b"x-request-id", self.request_id_str.encode()),
             (b"x-budgetllm-cost-usd", usd(self.cost)),
             (b"x-budgetllm-cache", self.cache_status.encode()),
             (b"x-budgetllm-saved-usd", usd(self.saved)),
@@ -226,7 +229,7 @@ class Exchange:
             refused_scope=self.refused_scope,
         )
         reqlog.log_request(
-            request_id=self.request_id,
+            request_id=self.request_id_str,
             account_id=self.account_id,
             api_key_id=self.api_key_public_id,
             endpoint=self.endpoint or self.scope.get("path", ""),
@@ -423,8 +426,8 @@ def _upstream_headers(ex: Exchange, secret: str, *, stream: bool) -> list[tuple[
         ("Authorization", f"Bearer {secret}"),
         ("Content-Type", "application/json"),
         ("Accept", "text/event-stream" if stream else "application/json"),
-        ("X-Request-Id", str(ex.request_id)),
-        *reqlog.upstream_headers(ex.request_id).items(),
+        ("X-Request-Id", ex.request_id_str),
+        *reqlog.upstream_headers(ex.request_id_str).items(),
     ]
     for name in _forwarded_request_headers():
         value = ex.headers.get(name)
@@ -534,6 +537,9 @@ def _upstream_body(parsed: ParsedRequest, admission: Admission) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+_decoder = json.JSONDecoder()
+
+
 def _tokens_from_body(endpoint: str, payload: bytes) -> tuple[Tokens | None, Any]:
     """Usage from a full answer, and the parsed answer (None for embeddings)."""
     if endpoint == EMBEDDINGS:
@@ -544,12 +550,12 @@ def _tokens_from_body(endpoint: str, payload: bytes) -> tuple[Tokens | None, Any
             return None, None
         start = payload.find(b"{", at)
         try:
-            usage, _ = json.JSONDecoder().raw_decode(payload.decode(), start)
+            usage, _ = _decoder.raw_decode(payload[start:].decode())
         except ValueError:
             return None, None
         return tokens_from_usage(usage), None
     try:
-        body = json.loads(payload)
+        body = orjson.loads(payload)  # ~3x the standard library's speed on answers
     except ValueError:
         return None, None
     if not isinstance(body, dict):

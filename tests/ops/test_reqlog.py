@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import uuid
 
-from proxy.reqlog import JsonFormatter, log_request, upstream_headers
+from proxy.reqlog import BatchedLineHandler, JsonFormatter, log_request, upstream_headers
 
 
 def test_one_json_line_per_request_without_prompts_or_keys() -> None:
@@ -46,3 +47,65 @@ def test_one_json_line_per_request_without_prompts_or_keys() -> None:
 def test_request_id_goes_upstream() -> None:
     rid = uuid.uuid4()
     assert upstream_headers(rid) == {"X-Client-Request-Id": str(rid)}
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def _batched_logger(stream: io.StringIO) -> tuple[logging.Logger, BatchedLineHandler]:
+    handler = BatchedLineHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("tests.batched")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def test_request_lines_on_the_event_loop_are_written_in_one_batch_soon_after() -> None:
+    stream = CountingStream()
+    logger, handler = _batched_logger(stream)
+
+    async def serve() -> tuple[str, str]:
+        for i in range(3):
+            logger.info("line %d", i)
+        before = stream.getvalue()
+        await asyncio.sleep(BatchedLineHandler.FLUSH_SECONDS * 3)
+        return before, stream.getvalue()
+
+    try:
+        before, after = asyncio.run(serve())
+    finally:
+        logger.removeHandler(handler)
+    assert before == ""
+    assert [json.loads(line)["msg"] for line in after.splitlines()] == [
+        "line 0",
+        "line 1",
+        "line 2",
+    ]
+    assert stream.writes == 1
+
+
+def test_lines_without_a_loop_and_lines_pending_at_exit_are_never_held_back() -> None:
+    stream = CountingStream()
+    logger, handler = _batched_logger(stream)
+    try:
+        logger.info("from a management command")
+        assert "from a management command" in stream.getvalue()
+
+        async def emit_and_leave() -> None:
+            logger.info("emitted just before shutdown")
+
+        asyncio.run(emit_and_leave())  # the loop ends before the batch is due
+        assert "emitted just before shutdown" not in stream.getvalue()
+        handler.flush()  # what logging.shutdown() does at exit
+        assert "emitted just before shutdown" in stream.getvalue()
+    finally:
+        logger.removeHandler(handler)
