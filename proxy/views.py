@@ -95,8 +95,14 @@ _background: set[asyncio.Task[Any]] = set()
 
 
 async def shielded[T](coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` to completion even if the request task is cancelled (a client hang-up)."""
-    task = asyncio.ensure_future(coro)
+    """Run `coro` to completion even if the request task is cancelled (a client hang-up).
+
+    The task starts eagerly: it runs at once up to its first real wait (the ledger's
+    write goes out now, not a loop iteration later), and one that never waits is done
+    without being scheduled at all."""
+    task = asyncio.eager_task_factory(asyncio.get_running_loop(), coro)
+    if task.done():
+        return task.result()
     _background.add(task)
     task.add_done_callback(_background.discard)
     return await asyncio.shield(task)
