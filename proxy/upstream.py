@@ -226,6 +226,11 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def _on_timer(self) -> None:
+        # One timer per connection, re-armed from the last read, not one per wait: a
+        # stream's every event would otherwise make and cancel a timer.
+        self.timer = None
+        if self.waiter is None or self.closed:
+            return  # nobody is waiting: the next wait arms it again
         deadline = self.last_read + self.pool.read_timeout
         if self.loop.time() < deadline:
             self.timer = self.loop.call_at(deadline, self._on_timer)
@@ -237,13 +242,11 @@ class _Connection(asyncio.Protocol):
     async def wait(self) -> None:
         """Until more of the answer (or an error) arrives, at most the read timeout."""
         waiter = self.waiter = self.loop.create_future()
-        self.timer = self.loop.call_at(self.last_read + self.pool.read_timeout, self._on_timer)
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.last_read + self.pool.read_timeout, self._on_timer)
         try:
             await waiter
         finally:
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
             self.waiter = None
 
     def take_body(self) -> bytes:
@@ -267,6 +270,9 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.transport is not None:
             self.transport.abort()  # no orderly goodbye: stop the provider at once
         self.pool._forget(self)

@@ -235,6 +235,27 @@ def test_silence_past_the_read_timeout_is_a_read_timeout(run: Any) -> None:
     run(main())
 
 
+def test_the_read_timeout_bounds_silence_not_the_length_of_a_stream(run: Any) -> None:
+    async def trickle(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(6):
+            await asyncio.sleep(0.1)
+            writer.write(b"5\r\ntick\n\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+
+    async def main() -> None:
+        async with Server(trickle) as server:
+            # 0.6 s of stream, never more than 0.1 s of silence, a 0.25 s read timeout.
+            resp = await pool(read_timeout=0.25).request(b"POST", server.target(), [], b"{}")
+            body = b""
+            while chunk := await resp.next_chunk():
+                body += chunk
+            assert body == b"tick\n" * 6
+
+    run(main())
+
+
 def test_an_answer_cut_off_mid_body_is_disconnected(run: Any) -> None:
     cut = then_close(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
 
