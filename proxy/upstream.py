@@ -41,11 +41,22 @@ MAX_BUFFERED = 256 * 1024
 
 
 class UpstreamError(Exception):
-    """The provider could not be reached, or its answer broke off."""
+    """The provider could not be reached, or its answer broke off.
+
+    `request_sent` is False only when the request certainly never left (the ledger then
+    charges nothing); `status` is the provider's status when its headers had arrived."""
+
+    def __init__(self, message: str, *, request_sent: bool = True, status: int = 0) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+        self.status = status
 
 
 class ConnectFailed(UpstreamError):
-    """No connection was made (DNS, refused, TLS): the request never left."""
+    """No connection was made (DNS, refused, TLS, no free one): the request never left."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, request_sent=False)
 
 
 class ConnectTimeout(ConnectFailed, TimeoutError):
@@ -189,10 +200,18 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer nobody asked for is never part of this one
+            self._fail(BadResponse("the provider sent bytes after its answer"))
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
         self.header_items.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         self.status = self.parser.get_status_code()
         if self.status < 200:
             self.header_items = []  # an interim answer (103 Early Hints): the real one follows
@@ -207,6 +226,8 @@ class _Connection(asyncio.Protocol):
         )
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
         self.body.append(body)
         self.buffered += len(body)
 
@@ -295,19 +316,27 @@ class Response:
             self._decoder = zlib.decompressobj(47)  # wbits 47: gzip or zlib framing
         elif encoding != "identity":
             self.close()
-            raise BadResponse(f"the provider answered in an unsupported encoding {encoding!r}")
+            raise BadResponse(
+                f"the provider answered in an unsupported encoding {encoding!r}",
+                status=self.status,
+            )
 
     async def read(self) -> bytes:
         """The whole body; the connection goes back to the pool."""
         conn = self._conn
+        parts: list[bytes] = []
         try:
-            while not conn.complete:
+            while True:
+                if conn.buffered:
+                    # Taken as it comes: a body beyond MAX_BUFFERED pauses reading until
+                    # what was buffered is taken.
+                    parts.append(conn.take_body())
+                if conn.complete:
+                    break
                 if conn.error is not None:
                     raise conn.error
                 await conn.wait()
-            if conn.error is not None and not conn.complete:
-                raise conn.error
-            body = self._decode(conn.take_body(), final=True)
+            body = self._decode(b"".join(parts), final=True)
         except BaseException:
             self.close()
             raise
@@ -322,7 +351,10 @@ class Response:
                 if self._released:
                     return b""
                 if conn.buffered:
-                    return self._decode(conn.take_body(), final=False)
+                    out = self._decode(conn.take_body(), final=False)
+                    if out:
+                        return out
+                    continue  # compressed bytes that decode to nothing yet: not the end
                 if conn.complete:
                     return self._decode(b"", final=True) if self._decoder else b""
                 if conn.error is not None:
@@ -354,6 +386,8 @@ class Response:
 
     def close(self) -> None:
         """Stop reading and drop the connection: a generation in progress stops."""
+        if self._released:
+            return  # released: the connection may be serving another request by now
         self._released = True
         conn = self._conn
         conn._fail(Disconnected("closed by BudgetLLM"))
@@ -403,7 +437,7 @@ class Pool:
             conn.busy = True
             conn.last_read = self.loop.time()
             if conn.transport is None or conn.transport.is_closing():
-                raise Disconnected("the connection to the provider closed")
+                raise Disconnected("the connection to the provider closed", request_sent=False)
             conn.transport.write(request)
             while not conn.headers_done:
                 if conn.error is not None:
@@ -429,7 +463,13 @@ class Pool:
             waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
             self._waiters.append(waiter)
             try:
-                handed = await waiter
+                async with asyncio.timeout(self.connect_timeout):
+                    handed = await waiter
+            except TimeoutError:
+                raise ConnectTimeout(
+                    f"all {self.max_connections} connections to the provider stayed busy for "
+                    f"{self.connect_timeout:g} s (PROXY_UPSTREAM_MAX_CONNECTIONS)"
+                ) from None
             except BaseException:
                 # Cancelled just after being handed a connection (or room for one): pass
                 # it on rather than lose it.

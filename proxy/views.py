@@ -463,17 +463,19 @@ def _as_envelope(payload: bytes, status: int) -> bytes:
 def _may_have_been_billed(exc: BaseException, *, status: int) -> bool:
     """Whether the provider may have billed a request that failed with `exc`.
 
-    It did not when we never connected (refused, DNS, TLS, connect timeout) or the
-    connection dropped before any answer. It may have when its 200 answer broke off, or
-    when it took the request and then went silent past the read timeout: it keeps
-    generating, and bills, after we stop waiting. Those are charged at the reserved bound
-    so the ledger never under-counts.
+    It did not when the request never left: no connection (refused, DNS, TLS, connect
+    timeout, no free pooled connection) or one found closed before writing. Once the
+    request was written it may have — its 200 answer broke off, the connection dropped
+    before any answer (the provider may be generating already), or it went silent past
+    the read timeout and keeps generating, and billing, after we stop waiting. Those are
+    charged at the reserved bound so the ledger never under-counts.
     """
-    if status == 200:
+    if status == 200 or getattr(exc, "status", 0) == 200:
         return True
     if isinstance(exc, ConnectFailed):
         return False
-    return isinstance(exc, TimeoutError)
+    # Anything else happened after the request was written: the provider may have it.
+    return bool(getattr(exc, "request_sent", True))
 
 
 def _upstream_failure(exc: BaseException, *, charged: bool) -> ProxyError:
@@ -482,7 +484,7 @@ def _upstream_failure(exc: BaseException, *, charged: bool) -> ProxyError:
         if charged
         else "Nothing was charged."
     )
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError) and not isinstance(exc, ConnectFailed):
         return ProxyError(
             504,
             "The provider did not answer in time (PROXY_UPSTREAM_READ_TIMEOUT_SECONDS). " + outcome,
@@ -797,11 +799,15 @@ async def relay_stream(
     # The stream's headers leave before its cost is known: they carry the reserved upper
     # bound; the settled cost follows in an SSE comment before the final event.
     ex.cost = admission.reserved_micros
-    await ex.start(
-        200,
-        resp.headers.get("Content-Type", "text/event-stream").encode("latin-1"),
-        [*_SSE_HEADERS, *_passthrough_headers(resp.headers)],
-    )
+    try:
+        await ex.start(
+            200,
+            resp.headers.get("Content-Type", "text/event-stream").encode("latin-1"),
+            [*_SSE_HEADERS, *_passthrough_headers(resp.headers)],
+        )
+    except BaseException:
+        resp.close()  # stop the generation and free the pool slot
+        raise
 
     finished = False
     gone = False

@@ -430,3 +430,185 @@ def test_a_tls_handshake_that_never_finishes_is_a_connect_timeout(run: Any) -> N
         server.close()
 
     run(main())
+
+
+def test_an_answer_bigger_than_the_read_buffer_is_read_whole(run: Any) -> None:
+    big = b"x" * (MAX_BUFFERED * 3)  # a batch of embeddings, say
+
+    async def main() -> None:
+        async with Server(answer(big)) as server:
+            resp = await pool(read_timeout=1.0).request(b"POST", server.target(), [], b"{}")
+            assert await resp.read() == big
+
+    run(main())
+
+
+def test_a_gzip_stream_whose_first_piece_decodes_to_nothing_goes_on(run: Any) -> None:
+    payload = b"data: 0\n\ndata: 1\n\ndata: [DONE]\n\n"
+    packed = gzip.compress(payload)
+
+    async def handler(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        for piece in (packed[:10], packed[10:]):  # the gzip header alone first
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+
+    async def main() -> None:
+        async with Server(handler) as server:
+            resp = await pool().request(b"POST", server.target(), [], b"{}")
+            got = b""
+            while chunk := await resp.next_chunk():
+                got += chunk
+            assert got == payload
+
+    run(main())
+
+
+def test_bytes_after_a_complete_answer_are_not_part_of_it(run: Any) -> None:
+    async def handler(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            b"HTTP/1.1 200 OK\r\nX-Stray: 1\r\nContent-Length: 5\r\n\r\nextra"
+        )
+
+    async def main() -> None:
+        async with Server(handler) as server:
+            p = pool()
+            resp = await p.request(b"POST", server.target(), [], b"{}")
+            assert await resp.read() == b"ok"
+            assert resp.headers.items() == [("content-length", "2")]
+            assert p.open == 0  # a connection that spoke out of turn is not reused
+
+    run(main())
+
+
+def test_interim_answers_are_skipped_and_empty_answers_are_complete(run: Any) -> None:
+    async def handler(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        if b"/v1/empty" in request:
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            return
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async def main() -> None:
+        async with Server(handler) as server:
+            p = pool(read_timeout=0.5)
+            resp = await p.request(b"POST", server.target(), [], b"{}")
+            assert (resp.status, resp.headers.items()) == (200, [("content-length", "2")])
+            assert await resp.read() == b"ok"
+            resp = await p.request(b"POST", server.target("/v1/empty"), [], b"{}")
+            assert (resp.status, await resp.read()) == (204, b"")
+            assert server.connections == 1
+
+    run(main())
+
+
+def test_closing_a_released_answer_leaves_the_next_request_alone(run: Any) -> None:
+    async def main() -> None:
+        async with Server(answer(b"ok")) as server:
+            p = pool()
+            first = await p.request(b"POST", server.target(), [], b"{}")
+            assert await first.read() == b"ok"
+            second = await p.request(b"POST", server.target(), [], b"{}")  # same connection
+            first.close()  # a late hang-up handler of the first request
+            assert await second.read() == b"ok"
+            assert server.connections == 1
+
+    run(main())
+
+
+def test_no_free_connection_within_the_connect_timeout_is_connect_timeout(run: Any) -> None:
+    async def slow(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async def main() -> None:
+        async with Server(slow) as server:
+            p = pool(max_connections=1, connect_timeout=0.2)
+            busy = asyncio.ensure_future(p.request(b"POST", server.target(), [], b"{}"))
+            await asyncio.sleep(0.05)
+            with pytest.raises(ConnectTimeout) as caught:
+                await p.request(b"POST", server.target(), [], b"{}")
+            assert caught.value.request_sent is False  # never left: nothing to charge
+            assert await (await busy).read() == b"ok"
+
+    run(main())
+
+
+def test_what_the_ledger_is_told_about_each_failure(run: Any) -> None:
+    """ConnectFailed: the request never left. Anything after it was written: it may have
+    been billed (views charge the reserved bound), a 200 most of all."""
+
+    async def took_it(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.1)  # the provider is generating...
+        writer.transport.abort()  # ...when a load balancer cuts the connection
+
+    async def brotli(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 3\r\n\r\nabc")
+
+    async def main() -> None:
+        async with Server(took_it) as server:
+            with pytest.raises(Disconnected) as dropped:
+                await pool().request(b"POST", server.target(), [], b'{"q":1}')
+            assert server.requests and dropped.value.request_sent
+        async with Server(brotli) as server:
+            with pytest.raises(BadResponse) as undecodable:
+                await pool().request(b"POST", server.target(), [], b"{}")
+            assert undecodable.value.status == 200
+        async with Server(answer(b"")) as server:
+            gone = server.target()
+        with pytest.raises(ConnectFailed) as refused:
+            await pool().request(b"POST", gone, [], b"{}")
+        assert refused.value.request_sent is False
+        from proxy.views import _may_have_been_billed
+
+        assert _may_have_been_billed(dropped.value, status=0)
+        assert _may_have_been_billed(undecodable.value, status=0)
+        assert not _may_have_been_billed(refused.value, status=0)
+
+    run(main())
+
+
+def test_a_stream_whose_answer_cannot_start_stops_the_generation(run: Any, settings: Any) -> None:
+    from types import SimpleNamespace
+
+    from proxy import views
+    from proxy.upstream import upstream_close, upstream_pool
+
+    async def sse(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        for _ in range(20):
+            writer.write(b"7\r\ndata:\n\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    class HungUp(SimpleNamespace):
+        async def start(self, *args: Any) -> None:
+            raise OSError("the client is gone")
+
+    async def main() -> None:
+        async with Server(sse) as server:
+            settings.OPENAI_UPSTREAM_BASE_URL = f"http://127.0.0.1:{server.port}/v1"
+            ex = HungUp(upstream_seconds=None, cost=0)
+            parsed = SimpleNamespace(endpoint=views.CHAT, client_wants_usage=False)
+            admission = SimpleNamespace(reserved_micros=1)
+            with pytest.raises(OSError):
+                await views.relay_stream(
+                    ex,  # type: ignore[arg-type]
+                    parsed,  # type: ignore[arg-type]
+                    admission,  # type: ignore[arg-type]
+                    "/chat/completions",
+                    b"{}",
+                    [],
+                    "run",
+                    False,
+                )
+            assert upstream_pool().open == 0, "the provider was left generating"
+            await upstream_close()
+
+    run(main())
