@@ -98,6 +98,16 @@ def answer(body: bytes, *extra: bytes) -> Handler:
     return handler
 
 
+def after(seconds: float) -> Handler:
+    """Answers "ok", `seconds` after the request."""
+
+    async def handler(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(seconds)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    return handler
+
+
 def then_close(raw: bytes) -> Handler:
     """Writes `raw` and closes the connection."""
 
@@ -295,12 +305,8 @@ def test_garbage_instead_of_http_is_a_bad_response(run: Any) -> None:
 
 
 def test_beyond_max_connections_requests_wait_for_a_free_one(run: Any) -> None:
-    async def slow(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(0.05)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
     async def main() -> None:
-        async with Server(slow) as server:
+        async with Server(after(0.05)) as server:
             p = pool(max_connections=2)
 
             async def one() -> bytes:
@@ -522,12 +528,8 @@ def test_closing_a_released_answer_leaves_the_next_request_alone(run: Any) -> No
 
 
 def test_no_free_connection_within_the_connect_timeout_is_connect_timeout(run: Any) -> None:
-    async def slow(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(1)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
     async def main() -> None:
-        async with Server(slow) as server:
+        async with Server(after(1)) as server:
             p = pool(max_connections=1, connect_timeout=0.2)
             busy = asyncio.ensure_future(p.request(b"POST", server.target(), [], b"{}"))
             await asyncio.sleep(0.05)
