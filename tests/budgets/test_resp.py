@@ -7,6 +7,7 @@ never shows: a reply that never comes, errors, a script Redis has forgotten.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -69,8 +70,14 @@ class FakeRedis:
 
 
 def run(coro: Any) -> Any:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
+    def in_own_loop() -> Any:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+
+    # A thread of its own: the browser tests' Playwright keeps a loop running in the main
+    # thread for the whole session.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(in_own_loop).result()
 
 
 def test_pipelined_commands_get_their_own_replies_in_order() -> None:

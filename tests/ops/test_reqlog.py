@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import logging
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from proxy.reqlog import BatchedLineHandler, JsonFormatter, log_request, upstream_headers
 
@@ -69,6 +72,19 @@ def _batched_logger(stream: io.StringIO) -> tuple[logging.Logger, BatchedLineHan
     return logger, handler
 
 
+def in_a_thread[T](test: Callable[[], T]) -> Callable[[], T]:
+    """Runs the test in a thread of its own: the browser tests' Playwright keeps an event
+    loop running in the main thread for the whole session."""
+
+    @functools.wraps(test)
+    def wrapper() -> T:
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(test).result()
+
+    return wrapper
+
+
+@in_a_thread
 def test_request_lines_on_the_event_loop_are_written_in_one_batch_soon_after() -> None:
     stream = CountingStream()
     logger, handler = _batched_logger(stream)
@@ -93,6 +109,7 @@ def test_request_lines_on_the_event_loop_are_written_in_one_batch_soon_after() -
     assert stream.writes == 1
 
 
+@in_a_thread
 def test_lines_without_a_loop_and_lines_pending_at_exit_are_never_held_back() -> None:
     stream = CountingStream()
     logger, handler = _batched_logger(stream)

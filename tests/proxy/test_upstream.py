@@ -13,6 +13,7 @@ import gzip
 import ipaddress
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,14 @@ def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], 
     factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
 
     def runner(coro: Coroutine[Any, Any, Any]) -> Any:
-        with asyncio.Runner(loop_factory=factory) as r:
-            return r.run(coro)
+        def in_own_loop() -> Any:
+            with asyncio.Runner(loop_factory=factory) as r:
+                return r.run(coro)
+
+        # A thread of its own: the browser tests' Playwright keeps a loop running in the
+        # main thread for the whole session.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(in_own_loop).result()
 
     return runner
 
