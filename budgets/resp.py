@@ -241,10 +241,7 @@ class LeanRedis:
                 self._connecting = None
 
     def _send(self, proto: _Protocol, args: tuple[Any, ...] | list[Any]) -> asyncio.Future[Any]:
-        return self._send_packed(proto, pack(args))
-
-    def _send_packed(self, proto: _Protocol, data: bytes) -> asyncio.Future[Any]:
-        return proto.send(data)
+        return proto.send(pack(args))
 
     async def execute(self, *args: Any) -> Any:
         proto = await self._protocol()
@@ -253,7 +250,7 @@ class LeanRedis:
     async def execute_packed(self, data: bytes) -> Any:
         """One command already packed as RESP (an array header and its bulk strings)."""
         proto = await self._protocol()
-        return await self._send_packed(proto, data)
+        return await proto.send(data)
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several commands written at once (one round trip), replies in order."""

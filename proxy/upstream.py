@@ -158,7 +158,7 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.body: list[bytes] = []
         self.buffered = 0
-        self.error: BaseException | None = None
+        self.error: UpstreamError | None = None
         self._reads_until_close = False
         self.keep_alive = False
 
@@ -237,7 +237,7 @@ class _Connection(asyncio.Protocol):
 
     # --- used by Response
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: UpstreamError) -> None:
         if self.error is None:
             self.error = exc
 

@@ -54,7 +54,7 @@ from .sse import (
     chat_replay,
     responses_replay,
 )
-from .upstream import ConnectFailed, UpstreamError, upstream_pool, upstream_url
+from .upstream import ReadTimeout, UpstreamError, upstream_pool, upstream_url
 from .usage import Tokens, tokens_from_usage
 from .validation import CHAT, EMBEDDINGS, PARSERS, RESPONSES, ParsedRequest
 
@@ -460,7 +460,7 @@ def _as_envelope(payload: bytes, status: int) -> bytes:
     ).encode()
 
 
-def _may_have_been_billed(exc: BaseException, *, status: int) -> bool:
+def _may_have_been_billed(exc: UpstreamError, *, status: int) -> bool:
     """Whether the provider may have billed a request that failed with `exc`.
 
     It did not when the request never left: no connection (refused, DNS, TLS, connect
@@ -470,21 +470,16 @@ def _may_have_been_billed(exc: BaseException, *, status: int) -> bool:
     the read timeout and keeps generating, and billing, after we stop waiting. Those are
     charged at the reserved bound so the ledger never under-counts.
     """
-    if status == 200 or getattr(exc, "status", 0) == 200:
-        return True
-    if isinstance(exc, ConnectFailed):
-        return False
-    # Anything else happened after the request was written: the provider may have it.
-    return bool(getattr(exc, "request_sent", True))
+    return status == 200 or exc.status == 200 or exc.request_sent
 
 
-def _upstream_failure(exc: BaseException, *, charged: bool) -> ProxyError:
+def _upstream_failure(exc: UpstreamError, *, charged: bool) -> ProxyError:
     outcome = (
         "It may have billed the request, so it was charged at its reserved upper bound."
         if charged
         else "Nothing was charged."
     )
-    if isinstance(exc, TimeoutError) and not isinstance(exc, ConnectFailed):
+    if isinstance(exc, ReadTimeout):
         return ProxyError(
             504,
             "The provider did not answer in time (PROXY_UPSTREAM_READ_TIMEOUT_SECONDS). " + outcome,
@@ -511,7 +506,7 @@ async def _account_failed_call(
     parsed: ParsedRequest,
     admission: Admission,
     run_id: str,
-    exc: BaseException,
+    exc: UpstreamError,
     status: int,
 ) -> ProxyError:
     """Settle (at the bound) or release a call that failed, and say which to the client."""
@@ -799,15 +794,6 @@ async def relay_stream(
     # The stream's headers leave before its cost is known: they carry the reserved upper
     # bound; the settled cost follows in an SSE comment before the final event.
     ex.cost = admission.reserved_micros
-    try:
-        await ex.start(
-            200,
-            resp.headers.get("Content-Type", "text/event-stream").encode("latin-1"),
-            [*_SSE_HEADERS, *_passthrough_headers(resp.headers)],
-        )
-    except BaseException:
-        resp.close()  # stop the generation and free the pool slot
-        raise
 
     finished = False
     gone = False
@@ -822,13 +808,21 @@ async def relay_stream(
             gone = True
             resp.close()
 
-    watch = asyncio.ensure_future(ex.receive())
-    watch.add_done_callback(on_receive)
+    watch: asyncio.Future[dict[str, Any]] | None = None
     splitter = SseSplitter()
     held: list[bytes] = []
     broken: str | None = None
     settled = False
+    # From here on the provider is generating: whatever fails, the finally below stops
+    # it (or pools the finished connection) and settles the reservation.
     try:
+        await ex.start(
+            200,
+            resp.headers.get("Content-Type", "text/event-stream").encode("latin-1"),
+            [*_SSE_HEADERS, *_passthrough_headers(resp.headers)],
+        )
+        watch = asyncio.ensure_future(ex.receive())
+        watch.add_done_callback(on_receive)
         try:
             while chunk := await resp.next_chunk():
                 events = splitter.feed(chunk)
@@ -881,7 +875,7 @@ async def relay_stream(
         await ex.send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
     finally:
         finished = True
-        if not watch.done():
+        if watch is not None and not watch.done():
             watch.cancel()
         if state.done and not gone and broken is None:
             resp.release()  # read to the end: the connection goes back to the pool

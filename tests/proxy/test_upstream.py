@@ -582,7 +582,10 @@ def test_what_the_ledger_is_told_about_each_failure(run: Any) -> None:
     run(main())
 
 
-def test_a_stream_whose_answer_cannot_start_stops_the_generation(run: Any, settings: Any) -> None:
+def test_a_stream_whose_answer_cannot_start_stops_the_generation(
+    run: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
     from types import SimpleNamespace
 
     from proxy import views
@@ -600,12 +603,28 @@ def test_a_stream_whose_answer_cannot_start_stops_the_generation(run: Any, setti
         async def start(self, *args: Any) -> None:
             raise OSError("the client is gone")
 
+        def latency_ms(self) -> int:
+            return 1
+
+    settled: list[Any] = []
+
+    async def record_settle(admission: Any, usage: Any) -> None:
+        settled.append(usage)
+
+    monkeypatch.setattr(views, "_settle", record_settle)
+
     async def main() -> None:
         async with Server(sse) as server:
             settings.OPENAI_UPSTREAM_BASE_URL = f"http://127.0.0.1:{server.port}/v1"
-            ex = HungUp(upstream_seconds=None, cost=0)
-            parsed = SimpleNamespace(endpoint=views.CHAT, client_wants_usage=False)
-            admission = SimpleNamespace(reserved_micros=1)
+            ex = HungUp(upstream_seconds=None, cost=0, request_id=uuid.uuid4(), cache_status="")
+            parsed = SimpleNamespace(
+                endpoint=views.CHAT,
+                model="gpt-4o-mini",
+                client_wants_usage=False,
+                input_tokens_bound=10,
+                choices=1,
+            )
+            admission = SimpleNamespace(reserved_micros=1, output_tokens_allowed=16)
             with pytest.raises(OSError):
                 await views.relay_stream(
                     ex,  # type: ignore[arg-type]
@@ -618,6 +637,8 @@ def test_a_stream_whose_answer_cannot_start_stops_the_generation(run: Any, setti
                     False,
                 )
             assert upstream_pool().open == 0, "the provider was left generating"
+            # The provider took the request: its reservation is charged in full at once.
+            assert [u.cost_micros for u in settled] == [1]
             await upstream_close()
 
     run(main())
