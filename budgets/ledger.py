@@ -131,6 +131,10 @@ class Ledger:
     name: ClassVar[str] = "abstract"
     # True when reserve can check a caps version atomically (callers may cache caps).
     checks_caps_version: ClassVar[bool] = False
+    # True when a settle whose `asettle` has started (up to its first wait) is applied
+    # before anything sent to the ledger later, from any worker: the proxy may then send
+    # the answer while the settle is still on its way back.
+    settles_in_order: ClassVar[bool] = False
     reservation_ttl_seconds: int = 600
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -661,6 +665,9 @@ def _unix(value: dt.datetime | None) -> int:
 class RedisLedger(Ledger):
     name: ClassVar[str] = "redis"
     checks_caps_version: ClassVar[bool] = True
+    # `asettle` writes its command before it first waits, and Redis runs commands one at a
+    # time in the order they arrive.
+    settles_in_order: ClassVar[bool] = True
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "bllm:ledger:"
     timeout_seconds: float = 2.0

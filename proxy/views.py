@@ -9,7 +9,8 @@ Order of a generation request:
   -> reserve worst case (ledger) -> clamp -> provider -> settle actual cost -> answer.
 A non-streaming answer is settled before it is sent, and a stream's terminal event
 (`[DONE]` / `response.completed`) is held back until the settle, so a client that sends
-its next request right after the answer always meets a settled ledger.
+its next request right after the answer always meets a settled ledger (with the Redis
+ledger the settle is on its way before the answer is sent: see `_settle_and_send`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from budgets.ledger import MAX_EXACT
+from budgets.ledger import MAX_EXACT, get_ledger
 from budgets.pricing import UnknownModel, cost_micros
 from budgets.services import (
     Admission,
@@ -94,18 +95,28 @@ def usd(micros: int) -> bytes:
 _background: set[asyncio.Task[Any]] = set()
 
 
-async def shielded[T](coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` to completion even if the request task is cancelled (a client hang-up).
+def _start[T](coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Start `coro` as a task that runs to completion even if the request task is
+    cancelled (a client hang-up).
 
     The task starts eagerly: it runs at once up to its first real wait (the ledger's
     write goes out now, not a loop iteration later), and one that never waits is done
     without being scheduled at all."""
     task = asyncio.eager_task_factory(asyncio.get_running_loop(), coro)
-    if task.done():
-        return task.result()
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    return await asyncio.shield(task)
+    if not task.done():
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+    return task
+
+
+async def _outcome[T](task: asyncio.Task[T]) -> T:
+    """The result of a task from `_start`; cancelling the waiter leaves the task running."""
+    return task.result() if task.done() else await asyncio.shield(task)
+
+
+async def shielded[T](coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion even if the request task is cancelled (see `_start`)."""
+    return await _outcome(_start(coro))
 
 
 class Exchange:
@@ -366,12 +377,38 @@ def _usage(
 
 
 async def _settle(admission: Admission, usage: UsageData) -> None:
+    await _settled(_start(budget_settle(admission=admission, usage=usage)), usage)
+
+
+async def _settled(settling: asyncio.Task[None], usage: UsageData) -> None:
     try:
-        await shielded(budget_settle(admission=admission, usage=usage))
+        await _outcome(settling)
     except Exception:
         # The reservation stays and expires; the sweep then charges it in full, so a
         # failed settle can only over-count.
         logger.exception("settle failed for request %s", usage.request_id)
+
+
+async def _settle_and_send(
+    admission: Admission, usage: UsageData, send: Callable[[], Awaitable[None]]
+) -> None:
+    """Settle, and send the answer (or a stream's last events) so that a request the
+    client sends once it has them meets the settled ledger.
+
+    With a ledger that applies a started settle before anything sent after it (Redis),
+    the settle's command is written first and the answer goes out while its reply is on
+    the way back, saving the answer a round trip. Should the next request still overtake
+    the settle, it meets the reservation (an upper bound): stricter, never looser. Any
+    other ledger (SQL, in a thread) settles before the answer is sent."""
+    if not get_ledger().settles_in_order:
+        await _settle(admission, usage)
+        await send()
+        return
+    settling = _start(budget_settle(admission=admission, usage=usage))
+    try:
+        await send()
+    finally:
+        await _settled(settling, usage)
 
 
 async def _release(admission: Admission, usage: UsageData | None) -> None:
@@ -730,10 +767,13 @@ async def relay_plain(
         # No usage in the answer: charge the reserved upper bound rather than guess low.
         tokens = _upper_bound(parsed, admission)
     cost = _cost(admission, tokens)
-    await _settle(admission, _usage(ex, parsed, run_id, tokens, cost, 200))
     ex.cost = cost
     ex.remaining = _remaining_after(admission, cost)
-    await ex.respond(200, payload, extra=passthrough)
+    await _settle_and_send(
+        admission,
+        _usage(ex, parsed, run_id, tokens, cost, 200),
+        lambda: ex.respond(200, payload, extra=passthrough),
+    )
     if not cache or _lowered_by_budget(parsed, admission):
         return None
     if parsed.endpoint == RESPONSES and (answer or {}).get("status") != "completed":
@@ -863,16 +903,19 @@ async def relay_stream(
             tokens = Tokens(parsed.input_tokens_bound, 0, min(estimate, allowed))
         cost = _cost(admission, tokens)
         status = 499 if gone else (502 if broken else 200)
-        settled = True
-        await _settle(admission, _usage(ex, parsed, run_id, tokens, cost, status))
         ex.cost = cost
         ex.remaining = _remaining_after(admission, cost)
         tail = [f": budgetllm cost_usd={usd(cost).decode()}\n\n".encode()]
         if broken:
             tail.append(_stream_error_event(parsed, broken, "upstream_stream_broken"))
         tail.extend(held)
-        finished = True
-        await ex.send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
+        last = {"type": "http.response.body", "body": b"".join(tail), "more_body": False}
+        settled = finished = True
+        await _settle_and_send(
+            admission,
+            _usage(ex, parsed, run_id, tokens, cost, status),
+            lambda: ex.send(last),
+        )
     finally:
         finished = True
         if watch is not None and not watch.done():

@@ -139,6 +139,33 @@ def test_output_is_clamped_to_what_the_cap_affords(proxy: ProxyServer, tenant: T
     assert micros(raw.headers["x-budgetllm-cost-usd"]) <= 600
 
 
+def test_the_next_request_meets_the_previous_one_settled(
+    proxy: ProxyServer, tenant: Tenant
+) -> None:
+    # gpt-4o with max_tokens=1000 reserves ~$0.0101 and costs ~$0.0003. Under a $0.02 cap
+    # a request that still met the previous reservation held would be clamped: the answer
+    # must not leave before its settle is on its way to the ledger.
+    tenant.cap("0.02")
+    client = proxy.client(tenant.raw, max_retries=0).with_options(
+        default_headers={"X-BudgetLLM-Cache": "off"}
+    )
+    for i in range(10):
+        if i % 2:
+            with client.chat.completions.with_streaming_response.create(
+                model="gpt-4o", messages=MESSAGES, max_tokens=1000, stream=True
+            ) as raw:
+                headers = raw.headers
+                assert "[DONE]" in raw.read().decode()
+        else:
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=MESSAGES, max_tokens=1000
+            )
+            headers = raw.headers
+        assert "x-budgetllm-max-tokens" not in headers, f"request {i} was clamped"
+    spent = sum(r.cost_micros for r in records(tenant.account))
+    assert 0 < spent < 10 * 400
+
+
 def test_a_request_without_max_tokens_gets_one_written_when_the_cap_is_tight(
     proxy: ProxyServer, tenant: Tenant
 ) -> None:
