@@ -119,7 +119,13 @@ def wrk(
 
 
 def compare(
-    label: str, direct: Run, proxied: Run, *, events: int = 0, fake_events_cpu: float = 0.0
+    label: str,
+    direct: Run,
+    proxied: Run,
+    *,
+    events: int = 0,
+    fake_events_cpu: float = 0.0,
+    plain_cpu: float = 0.0,
 ) -> dict[str, object]:
     row: dict[str, object] = {
         "case": label,
@@ -132,7 +138,13 @@ def compare(
         "load": proxied.load,
     }
     if events:
-        row["proxy CPU µs/event"] = f"{1e6 * proxied.cpu_s / max(proxied.requests * events, 1):.1f}"
+        per_stream = proxied.cpu_s / max(proxied.requests, 1)
+        row["proxy CPU µs/event"] = f"{1e6 * per_stream / events:.1f}"
+        # What an event costs beyond the request it belongs to: the stream's CPU less a
+        # plain request's at the same concurrency, per event.
+        row["marginal proxy CPU µs/event (vs plain request)"] = (
+            f"{1e6 * (per_stream - plain_cpu) / events:.1f}"
+        )
         row["fake server CPU µs/event (direct run)"] = (
             f"{1e6 * fake_events_cpu / max(direct.requests * events, 1):.1f}"
         )
@@ -204,6 +216,7 @@ def main() -> None:
                 p,
                 events=EVENTS_PER_STREAM,
                 fake_events_cpu=d.cpu_s,
+                plain_cpu=plain_cpu[conns],
             )
         # The same stream in one burst: what relaying an event costs beyond a plain request.
         p = wrk(chat_proxy, STREAM, {**proxy_h, **off}, conns=1, seconds=s, pids=pids)
