@@ -131,9 +131,10 @@ class Ledger:
     name: ClassVar[str] = "abstract"
     # True when reserve can check a caps version atomically (callers may cache caps).
     checks_caps_version: ClassVar[bool] = False
-    # True when a settle whose `asettle` has started (up to its first wait) is applied
-    # before anything sent to the ledger later, from any worker: the proxy may then send
-    # the answer while the settle is still on its way back.
+    # True when a settle whose `asettle` has started (up to its first wait) is, in the
+    # normal case, applied before what reaches the ledger after it: the proxy may then
+    # send the answer while the settle's reply is on its way back. Best effort: no cap
+    # rests on it (a request that overtakes a settle meets the held reservation).
     settles_in_order: ClassVar[bool] = False
     reservation_ttl_seconds: int = 600
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -665,8 +666,9 @@ def _unix(value: dt.datetime | None) -> int:
 class RedisLedger(Ledger):
     name: ClassVar[str] = "redis"
     checks_caps_version: ClassVar[bool] = True
-    # `asettle` writes its command before it first waits, and Redis runs commands one at a
-    # time in the order they arrive.
+    # On an open connection `asettle` writes its command before it first waits, and Redis
+    # runs commands one at a time as they arrive (not so while reconnecting, or re-sending
+    # a script Redis lost: then the answer may leave first).
     settles_in_order: ClassVar[bool] = True
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "bllm:ledger:"

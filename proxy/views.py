@@ -395,11 +395,12 @@ async def _settle_and_send(
     """Settle, and send the answer (or a stream's last events) so that a request the
     client sends once it has them meets the settled ledger.
 
-    With a ledger that applies a started settle before anything sent after it (Redis),
+    With a ledger that applies a started settle before what reaches it later (Redis),
     the settle's command is written first and the answer goes out while its reply is on
     the way back, saving the answer a round trip. Should the next request still overtake
-    the settle, it meets the reservation (an upper bound): stricter, never looser. Any
-    other ledger (SQL, in a thread) settles before the answer is sent."""
+    the settle (the ledger was reconnecting), it meets the reservation, an upper bound of
+    the cost: stricter, never looser. Any other ledger (SQL, in a thread) settles before
+    the answer is sent."""
     if not get_ledger().settles_in_order:
         await _settle(admission, usage)
         await send()
@@ -910,11 +911,15 @@ async def relay_stream(
             tail.append(_stream_error_event(parsed, broken, "upstream_stream_broken"))
         tail.extend(held)
         last = {"type": "http.response.body", "body": b"".join(tail), "more_body": False}
-        settled = finished = True
+
+        async def send_last() -> None:
+            nonlocal finished
+            finished = True  # a hang-up from here on no longer changes the outcome
+            await ex.send(last)
+
+        settled = True
         await _settle_and_send(
-            admission,
-            _usage(ex, parsed, run_id, tokens, cost, status),
-            lambda: ex.send(last),
+            admission, _usage(ex, parsed, run_id, tokens, cost, status), send_last
         )
     finally:
         finished = True

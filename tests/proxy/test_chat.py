@@ -143,8 +143,8 @@ def test_the_next_request_meets_the_previous_one_settled(
     proxy: ProxyServer, tenant: Tenant
 ) -> None:
     # gpt-4o with max_tokens=1000 reserves ~$0.0101 and costs ~$0.0003. Under a $0.02 cap
-    # a request that still met the previous reservation held would be clamped: the answer
-    # must not leave before its settle is on its way to the ledger.
+    # a request that still met the previous reservation held would be clamped: the settle
+    # must not be left for after the answer (on either ledger).
     tenant.cap("0.02")
     client = proxy.client(tenant.raw, max_retries=0).with_options(
         default_headers={"X-BudgetLLM-Cache": "off"}
