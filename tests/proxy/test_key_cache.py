@@ -1,0 +1,160 @@
+"""The per-worker cache of resolved bllm_ keys (proxy/auth.py).
+
+Revocation and pauses take effect within PROXY_KEY_CACHE_SECONDS; a key in use is
+refreshed in the background before its entry runs out; requests that arrive together
+for a key that is not cached share one resolution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from keys.services import ResolvedKey, api_key_revoke, api_key_set_paused
+from proxy import auth
+from proxy.errors import ProxyError
+from tests.proxy.conftest import Tenant
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TTL = 2
+
+
+def run[T](coro: Coroutine[Any, Any, T]) -> T:
+    # A thread of its own: the browser tests' Playwright keeps a loop running in the
+    # main thread for the whole session.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def bearer(tenant: Tenant) -> dict[str, str]:
+    return {"authorization": f"Bearer {tenant.raw}"}
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iterator[list[float]]:
+    settings.PROXY_KEY_CACHE_SECONDS = TTL
+    now = [1000.0]
+    monkeypatch.setattr(auth, "_clock", lambda: now[0])
+    auth._cache.clear()
+    auth._resolving.clear()
+    yield now
+    auth._cache.clear()
+    auth._resolving.clear()
+
+
+@pytest.fixture
+def resolutions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts the database resolutions; each takes 50 ms, so requests overlap them."""
+    seen: list[str] = []
+    real: Callable[[str], ResolvedKey | None] = auth._resolve_sync
+
+    def counted(raw: str) -> ResolvedKey | None:
+        seen.append(raw)
+        time.sleep(0.05)
+        return real(raw)
+
+    monkeypatch.setattr(auth, "_resolve_sync", counted)
+    return seen
+
+
+async def settled() -> None:
+    """Until no resolution is in progress (bounded)."""
+    for _ in range(200):
+        if not auth._resolving:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a key resolution never finished")
+
+
+def test_requests_arriving_together_for_an_uncached_key_share_one_resolution(
+    tenant: Tenant, clock: list[float], resolutions: list[str]
+) -> None:
+    async def main() -> list[ResolvedKey]:
+        return await asyncio.gather(*(auth.key_authenticate(bearer(tenant)) for _ in range(20)))
+
+    keys = run(main())
+    assert {k.api_key_id for k in keys} == {tenant.api_key.id}
+    assert len(resolutions) == 1
+
+
+def test_a_revoked_key_is_refused_once_its_entry_runs_out(
+    tenant: Tenant, clock: list[float], resolutions: list[str]
+) -> None:
+    run(auth.key_authenticate(bearer(tenant)))
+    api_key_revoke(api_key=tenant.api_key, actor=None)
+    clock[0] += TTL * 0.4  # the documented delay: still served from the entry
+    assert run(auth.key_authenticate(bearer(tenant))).api_key_id == tenant.api_key.id
+    clock[0] += TTL * 0.6 + 0.01  # past the entry's life
+    with pytest.raises(ProxyError) as caught:
+        run(auth.key_authenticate(bearer(tenant)))
+    assert caught.value.status == 401
+    assert len(resolutions) == 2
+
+
+def test_in_the_second_half_of_its_life_an_entry_is_refreshed_without_waiting(
+    tenant: Tenant, clock: list[float], resolutions: list[str]
+) -> None:
+    async def main() -> tuple[ResolvedKey, ResolvedKey]:
+        await auth.key_authenticate(bearer(tenant))
+        await asyncio.to_thread(api_key_set_paused, api_key=tenant.api_key, actor=None, paused=True)
+        clock[0] += TTL * 0.75
+        served = await auth.key_authenticate(bearer(tenant))  # from the entry, at once
+        assert auth._resolving, "a refresh should be running in the background"
+        await settled()
+        clock[0] += 0.01
+        return served, await auth.key_authenticate(bearer(tenant))
+
+    served, refreshed = run(main())
+    assert not served.key_paused
+    assert refreshed.key_paused
+    assert len(resolutions) == 2  # the refresh; the last request was answered from it
+
+
+def test_a_refresh_never_extends_the_life_of_what_it_read(
+    tenant: Tenant, clock: list[float], resolutions: list[str]
+) -> None:
+    # An entry's life counts from when its resolution started, not when it finished.
+    async def main() -> None:
+        lookup = asyncio.ensure_future(auth.key_authenticate(bearer(tenant)))
+        for _ in range(200):  # until the database read has started (bounded)
+            if resolutions:
+                break
+            await asyncio.sleep(0.001)
+        clock[0] += 1.5  # ... and takes a while
+        await lookup
+
+    run(main())
+    entry = next(iter(auth._cache.values()))
+    assert entry.expires == pytest.approx(1000.0 + TTL)
+
+
+def test_a_cancelled_request_does_not_cancel_the_resolution_others_wait_for(
+    tenant: Tenant, clock: list[float], resolutions: list[str]
+) -> None:
+    async def main() -> ResolvedKey:
+        first = asyncio.ensure_future(auth.key_authenticate(bearer(tenant)))
+        second = asyncio.ensure_future(auth.key_authenticate(bearer(tenant)))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        return await second
+
+    assert run(main()).api_key_id == tenant.api_key.id
+    assert len(resolutions) == 1
+
+
+def test_unknown_keys_are_refused_and_never_cached(
+    tenant: Tenant, clock: list[float], resolutions: list[str]
+) -> None:
+    run(auth.key_authenticate(bearer(tenant)))
+    for i in range(5):
+        with pytest.raises(ProxyError) as caught:
+            run(auth.key_authenticate({"authorization": f"Bearer bllm_{i}{'x' * 40}"}))
+        assert caught.value.status == 401
+    assert len(auth._cache) == 1
+    assert not auth._resolving
