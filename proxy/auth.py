@@ -28,7 +28,12 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
-from keys.services import ResolvedKey, api_key_mark_used, api_key_resolve
+from keys.services import (
+    LAST_USED_RESOLUTION,
+    ResolvedKey,
+    api_key_mark_used,
+    api_key_resolve,
+)
 
 from .errors import ProxyError
 
@@ -46,6 +51,9 @@ class _Entry:
 
 
 _cache: dict[bytes, _Entry] = {}
+# When this worker last recorded each key (by id) as used.
+_marked: dict[int, float] = {}
+_MARK_EVERY = LAST_USED_RESOLUTION.total_seconds()
 # Resolutions in progress, by slot: requests for a key that is not cached share one.
 _resolving: dict[bytes, asyncio.Task[ResolvedKey | None]] = {}
 
@@ -54,9 +62,15 @@ def _resolve_sync(raw: str) -> ResolvedKey | None:
     try:
         resolved = api_key_resolve(raw=raw)
         if resolved is not None:
-            # A conditional UPDATE that writes at most once a minute per key; with the
-            # cache above it runs at most once per PROXY_KEY_CACHE_SECONDS per worker.
-            api_key_mark_used(api_key_id=resolved.api_key_id)
+            # A conditional UPDATE that writes at most once per LAST_USED_RESOLUTION per
+            # key; this worker does not even send it again within that time (it would
+            # touch no row, and would double the cost of every cache refresh).
+            now = _clock()
+            if _marked.get(resolved.api_key_id, now - _MARK_EVERY) <= now - _MARK_EVERY:
+                api_key_mark_used(api_key_id=resolved.api_key_id)
+                if len(_marked) >= _MAX_ENTRIES:
+                    _marked.clear()
+                _marked[resolved.api_key_id] = now
         return resolved
     finally:
         # No request_finished signal runs on /v1: hand the connection back ourselves.

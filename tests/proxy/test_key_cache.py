@@ -41,11 +41,11 @@ def clock(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iterator[list[float
     settings.PROXY_KEY_CACHE_SECONDS = TTL
     now = [1000.0]
     monkeypatch.setattr(auth, "_clock", lambda: now[0])
-    auth._cache.clear()
-    auth._resolving.clear()
+    for state in (auth._cache, auth._resolving, auth._marked):
+        state.clear()
     yield now
-    auth._cache.clear()
-    auth._resolving.clear()
+    for state in (auth._cache, auth._resolving, auth._marked):
+        state.clear()
 
 
 @pytest.fixture
@@ -158,3 +158,26 @@ def test_unknown_keys_are_refused_and_never_cached(
         assert caught.value.status == 401
     assert len(auth._cache) == 1
     assert not auth._resolving
+
+
+def test_a_worker_records_a_key_as_used_once_a_minute_not_on_every_refresh(
+    tenant: Tenant, clock: list[float], resolutions: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marks: list[int] = []
+    real = auth.api_key_mark_used
+
+    def counted(*, api_key_id: int) -> None:
+        marks.append(api_key_id)
+        real(api_key_id=api_key_id)
+
+    monkeypatch.setattr(auth, "api_key_mark_used", counted)
+    for _ in range(3):
+        run(auth.key_authenticate(bearer(tenant)))
+        clock[0] += TTL + 0.01  # each lookup resolves again
+    assert len(resolutions) == 3
+    assert marks == [tenant.api_key.id]
+    tenant.api_key.refresh_from_db()
+    assert tenant.api_key.last_used_at is not None
+    clock[0] += 60
+    run(auth.key_authenticate(bearer(tenant)))
+    assert marks == [tenant.api_key.id] * 2
