@@ -15,8 +15,10 @@ import string
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
@@ -154,6 +156,23 @@ def api_key_resolve(*, raw: str) -> ResolvedKey | None:
     with connections[alias].cursor() as cursor:
         cursor.execute(_resolve_statement(alias), [prefix])
         row = cursor.fetchone()
+    return api_key_from_row(raw=raw, row=row)
+
+
+def api_key_resolve_query(*, raw: str) -> tuple[str, str, list[str]] | None:
+    """(database alias, SQL, parameters) of the one query `api_key_resolve` runs, for a
+    caller that runs it itself (the proxy, on its event loop); None for a malformed key.
+    Hand the row it returns to `api_key_from_row`."""
+    prefix = _api_key_prefix(raw)
+    if prefix is None:
+        return None
+    alias = router.db_for_read(ApiKey)
+    return alias, _resolve_statement(alias), [prefix]
+
+
+@sensitive_variables("raw")
+def api_key_from_row(*, raw: str, row: Sequence[Any] | None) -> ResolvedKey | None:
+    """The ResolvedKey for the row of the resolve query, or None (see `api_key_resolve`)."""
     if row is None:
         return None
     (

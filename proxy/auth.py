@@ -35,6 +35,7 @@ from keys.services import (
     api_key_resolve,
 )
 
+from . import keydb
 from .errors import ProxyError
 
 logger = logging.getLogger(__name__)
@@ -61,20 +62,32 @@ _resolving: dict[bytes, asyncio.Task[ResolvedKey | None]] = {}
 def _resolve_sync(raw: str) -> ResolvedKey | None:
     try:
         resolved = api_key_resolve(raw=raw)
-        if resolved is not None:
-            # A conditional UPDATE that writes at most once per LAST_USED_RESOLUTION per
-            # key; this worker does not even send it again within that time (it would
-            # touch no row, and would double the cost of every cache refresh).
-            now = _clock()
-            if _marked.get(resolved.api_key_id, now - _MARK_EVERY) <= now - _MARK_EVERY:
-                api_key_mark_used(api_key_id=resolved.api_key_id)
-                if len(_marked) >= _MAX_ENTRIES:
-                    _marked.clear()
-                _marked[resolved.api_key_id] = now
+        if resolved is not None and _mark_due(resolved.api_key_id):
+            api_key_mark_used(api_key_id=resolved.api_key_id)
         return resolved
     finally:
         # No request_finished signal runs on /v1: hand the connection back ourselves.
         close_old_connections()
+
+
+def _mark_used_sync(api_key_id: int) -> None:
+    try:
+        api_key_mark_used(api_key_id=api_key_id)
+    finally:
+        close_old_connections()
+
+
+def _mark_due(api_key_id: int) -> bool:
+    """Whether to record the key as used now. The UPDATE is conditional and writes at
+    most once per LAST_USED_RESOLUTION per key; this worker does not even send it again
+    within that time (it would touch no row, and would double the cost of a refresh)."""
+    now = _clock()
+    if _marked.get(api_key_id, now - _MARK_EVERY) > now - _MARK_EVERY:
+        return False
+    if len(_marked) >= _MAX_ENTRIES:
+        _marked.clear()
+    _marked[api_key_id] = now
+    return True
 
 
 def bearer_token(headers: dict[str, str]) -> str:
@@ -122,7 +135,12 @@ async def key_authenticate(headers: dict[str, str]) -> ResolvedKey:
 async def _resolve(raw: str) -> ResolvedKey | None:
     if not (raw.startswith("bllm_") and len(raw) < 200):
         return None
-    return await sync_to_async(_resolve_sync, thread_sensitive=False)(raw)
+    if not keydb.on_postgresql():
+        return await sync_to_async(_resolve_sync, thread_sensitive=False)(raw)
+    resolved = await keydb.resolve(raw)  # on the loop: no thread, no stall
+    if resolved is not None and _mark_due(resolved.api_key_id):
+        await sync_to_async(_mark_used_sync, thread_sensitive=False)(resolved.api_key_id)
+    return resolved
 
 
 def _resolution(slot: bytes, raw: str, ttl: float) -> asyncio.Task[ResolvedKey | None]:

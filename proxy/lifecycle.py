@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import keydb
 from .cache import cache_store
 from .upstream import upstream_close
 
@@ -9,3 +10,4 @@ from .upstream import upstream_close
 async def proxy_shutdown() -> None:
     await upstream_close()
     await cache_store().close()
+    await keydb.aclose()

@@ -8,15 +8,14 @@ for a key that is not cached share one resolution.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from keys.services import ResolvedKey, api_key_revoke, api_key_set_paused
-from proxy import auth
+from proxy import auth, keydb
 from proxy.errors import ProxyError
 from tests.proxy.conftest import Tenant
 
@@ -46,20 +45,21 @@ def clock(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iterator[list[float
     yield now
     for state in (auth._cache, auth._resolving, auth._marked):
         state.clear()
+    keydb.close_now()  # each test's loops have ended: their connections must not linger
 
 
 @pytest.fixture
 def resolutions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Counts the database resolutions; each takes 50 ms, so requests overlap them."""
+    """Counts the database resolutions; each takes 50 ms longer, so requests overlap them."""
     seen: list[str] = []
-    real: Callable[[str], ResolvedKey | None] = auth._resolve_sync
+    real: Callable[[str], Awaitable[ResolvedKey | None]] = auth._resolve
 
-    def counted(raw: str) -> ResolvedKey | None:
+    async def counted(raw: str) -> ResolvedKey | None:
         seen.append(raw)
-        time.sleep(0.05)
-        return real(raw)
+        await asyncio.sleep(0.05)
+        return await real(raw)
 
-    monkeypatch.setattr(auth, "_resolve_sync", counted)
+    monkeypatch.setattr(auth, "_resolve", counted)
     return seen
 
 
@@ -181,3 +181,30 @@ def test_a_worker_records_a_key_as_used_once_a_minute_not_on_every_refresh(
     clock[0] += 60
     run(auth.key_authenticate(bearer(tenant)))
     assert marks == [tenant.api_key.id] * 2
+
+
+@pytest.mark.skipif(
+    not keydb.on_postgresql(), reason="the loop's own connection exists on PostgreSQL only"
+)
+def test_on_postgresql_a_dropped_key_connection_is_replaced_without_an_error(
+    tenant: Tenant, clock: list[float]
+) -> None:
+    async def main() -> ResolvedKey:
+        await auth.key_authenticate(bearer(tenant))
+        conn = await keydb._connection("default")
+        # The database ends the connection (a restart, an idle timeout on the way).
+        await asyncio.to_thread(_terminate_backend, conn.info.backend_pid)
+        clock[0] += TTL + 0.01
+        return await auth.key_authenticate(bearer(tenant))
+
+    assert run(main()).api_key_id == tenant.api_key.id
+
+
+def _terminate_backend(pid: int) -> None:
+    from django.db import connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        connection.close()  # this thread's connection goes back before the database is dropped
