@@ -1,7 +1,8 @@
 """Resolving the `bllm_` key of a request, with a short per-worker cache.
 
-Resolution is one indexed query (keys.services.api_key_resolve) run in a worker thread.
-Doing it on every request costs a thread hop and a database round trip, so each worker
+Resolution is one indexed query (keys.services.api_key_resolve), run on the event loop
+on PostgreSQL (proxy/keydb.py) and in a worker thread elsewhere. Doing it on every
+request costs a database round trip, so each worker
 keeps a resolved key for PROXY_KEY_CACHE_SECONDS (default 2 s). The trade-off: revoking
 or pausing a key takes effect on every worker within that many seconds instead of at
 once. Spend caps are not affected (the ledger is asked on every request), only the
