@@ -23,11 +23,14 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 from keys.services import (
     LAST_USED_RESOLUTION,
@@ -57,7 +60,7 @@ _cache: dict[bytes, _Entry] = {}
 _marked: dict[int, float] = {}
 _MARK_EVERY = LAST_USED_RESOLUTION.total_seconds()
 # Resolutions in progress, by slot: requests for a key that is not cached share one.
-_resolving: dict[bytes, asyncio.Task[ResolvedKey | None]] = {}
+_resolving: dict[bytes, asyncio.Task[tuple[float, ResolvedKey | None]]] = {}
 
 
 def _resolve_sync(raw: str) -> ResolvedKey | None:
@@ -109,19 +112,17 @@ def bearer_token(headers: dict[str, str]) -> str:
 async def key_authenticate(headers: dict[str, str]) -> ResolvedKey:
     raw = bearer_token(headers)
     ttl = settings.PROXY_KEY_CACHE_SECONDS
-    if ttl <= 0:
-        resolved = await _resolve(raw)
-    else:
-        slot = hashlib.sha256(raw.encode()).digest()
-        now = _clock()
-        entry = _cache.get(slot)
-        if entry is not None and entry.expires > now:
-            if entry.refresh_after <= now:
-                _resolution(slot, raw, ttl)  # in the background: this request goes on
-            return entry.key
-        # Shielded: a waiter that is cancelled (its client hung up) must not cancel the
-        # resolution the other waiters share.
-        resolved = await asyncio.shield(_resolution(slot, raw, ttl))
+    try:
+        resolved = await (_resolve(raw) if ttl <= 0 else _cached_resolve(raw, ttl))
+    except (DatabaseError, psycopg.Error, TimeoutError, OSError) as exc:
+        logger.warning("could not resolve a bllm_ key: %r", exc)
+        raise ProxyError(
+            503,
+            "BudgetLLM could not check your API key: its database did not answer. Nothing "
+            "was sent to the provider; retry in a moment.",
+            type_="server_error",
+            code="key_store_unavailable",
+        ) from None
     if resolved is None:
         raise ProxyError(
             401,
@@ -133,6 +134,26 @@ async def key_authenticate(headers: dict[str, str]) -> ResolvedKey:
     return resolved
 
 
+async def _cached_resolve(raw: str, ttl: float) -> ResolvedKey | None:
+    slot = hashlib.sha256(raw.encode()).digest()
+    now = _clock()
+    entry = _cache.get(slot)
+    if entry is not None and entry.expires > now:
+        if entry.refresh_after <= now:
+            _resolution(slot, raw, ttl)  # in the background: this request goes on
+        return entry.key
+    for _ in range(2):
+        # Shielded: a waiter that is cancelled (its client hung up) must not cancel the
+        # resolution the other waiters share.
+        started, resolved = await asyncio.shield(_resolution(slot, raw, ttl))
+        # A shared resolution that began (read the database) `ttl` or more before this
+        # request arrived, say a slow background refresh, may predate a revocation this
+        # request must see. The second one began after it arrived.
+        if started + ttl > now:
+            break
+    return resolved
+
+
 async def _resolve(raw: str) -> ResolvedKey | None:
     if not (raw.startswith("bllm_") and len(raw) < 200):
         return None
@@ -140,38 +161,57 @@ async def _resolve(raw: str) -> ResolvedKey | None:
         return await sync_to_async(_resolve_sync, thread_sensitive=False)(raw)
     resolved = await keydb.resolve(raw)  # on the loop: no thread, no stall
     if resolved is not None and _mark_due(resolved.api_key_id):
-        await sync_to_async(_mark_used_sync, thread_sensitive=False)(resolved.api_key_id)
+        _in_background(sync_to_async(_mark_used_sync, thread_sensitive=False)(resolved.api_key_id))
     return resolved
 
 
-def _resolution(slot: bytes, raw: str, ttl: float) -> asyncio.Task[ResolvedKey | None]:
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _in_background(coro: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+
+    def done(t: asyncio.Task[Any]) -> None:
+        _background.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            logger.warning("recording a bllm_ key as used failed", exc_info=t.exception())
+
+    task.add_done_callback(done)
+
+
+def _resolution(
+    slot: bytes, raw: str, ttl: float
+) -> asyncio.Task[tuple[float, ResolvedKey | None]]:
     """The resolution of the key in `slot`: the one in progress, or a new one that
-    stores its outcome in the cache."""
+    stores its outcome in the cache. Its result: when it began, and the key or None."""
     task = _resolving.get(slot)
     if task is not None and task.get_loop() is asyncio.get_running_loop():
         return task
     task = asyncio.ensure_future(_resolve_into_cache(slot, raw, ttl))
     _resolving[slot] = task
 
-    def done(t: asyncio.Task[ResolvedKey | None]) -> None:
+    def done(t: asyncio.Task[tuple[float, ResolvedKey | None]]) -> None:
         if _resolving.get(slot) is t:
             del _resolving[slot]
         if not t.cancelled() and t.exception() is not None:
             # Waiters see the error themselves; one started in the background has none,
             # and its entry simply runs out (the next request then resolves in the open).
-            logger.warning("resolving a bllm_ key failed: %r", t.exception())
+            logger.warning("resolving a bllm_ key failed", exc_info=t.exception())
 
     task.add_done_callback(done)
     return task
 
 
-async def _resolve_into_cache(slot: bytes, raw: str, ttl: float) -> ResolvedKey | None:
+async def _resolve_into_cache(
+    slot: bytes, raw: str, ttl: float
+) -> tuple[float, ResolvedKey | None]:
     started = _clock()
     resolved = await _resolve(raw)
     if resolved is None:
         _cache.pop(slot, None)  # revoked (or never valid): refused from now on
-        return None
+        return started, None
     if len(_cache) >= _MAX_ENTRIES:
         _cache.clear()
     _cache[slot] = _Entry(started + ttl, started + ttl * 0.75, resolved)
-    return resolved
+    return started, resolved

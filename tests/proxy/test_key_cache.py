@@ -12,9 +12,16 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
 import pytest
 
-from keys.services import ResolvedKey, api_key_revoke, api_key_set_paused
+from keys.services import (
+    API_KEY_PREFIX_LEN,
+    API_KEY_SECRET_LEN,
+    ResolvedKey,
+    api_key_revoke,
+    api_key_set_paused,
+)
 from proxy import auth, keydb
 from proxy.errors import ProxyError
 from tests.proxy.conftest import Tenant
@@ -152,12 +159,98 @@ def test_unknown_keys_are_refused_and_never_cached(
     tenant: Tenant, clock: list[float], resolutions: list[str]
 ) -> None:
     run(auth.key_authenticate(bearer(tenant)))
-    for i in range(5):
+    well_formed_unknown = "bllm_" + "Z" * API_KEY_PREFIX_LEN + "z" * API_KEY_SECRET_LEN
+    right_prefix_wrong_secret = tenant.raw[:-API_KEY_SECRET_LEN] + "0" * API_KEY_SECRET_LEN
+    for raw in (well_formed_unknown, right_prefix_wrong_secret, well_formed_unknown):
         with pytest.raises(ProxyError) as caught:
-            run(auth.key_authenticate({"authorization": f"Bearer bllm_{i}{'x' * 40}"}))
+            run(auth.key_authenticate({"authorization": f"Bearer {raw}"}))
         assert caught.value.status == 401
+    assert len(resolutions) == 4  # each unknown key went to the database: none was cached
     assert len(auth._cache) == 1
     assert not auth._resolving
+
+
+def test_a_background_refresh_that_finds_the_key_revoked_ends_its_entry(
+    tenant: Tenant, clock: list[float], resolutions: list[str]
+) -> None:
+    async def main() -> None:
+        await auth.key_authenticate(bearer(tenant))
+        await asyncio.to_thread(api_key_revoke, api_key=tenant.api_key, actor=None)
+        clock[0] += TTL * 0.9
+        await auth.key_authenticate(bearer(tenant))  # served from the entry; refresh starts
+        await settled()
+        with pytest.raises(ProxyError) as caught:
+            await auth.key_authenticate(bearer(tenant))  # long before the entry's end
+        assert caught.value.status == 401
+
+    run(main())
+
+
+def test_a_shared_resolution_older_than_the_ttl_is_not_used(
+    tenant: Tenant, clock: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A background refresh reads the key, then stalls; meanwhile the key is revoked and
+    # the entry runs out. A request arriving a full TTL after that read must not take
+    # the stale answer: it resolves again, and is refused.
+    real = auth._resolve
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    async def slow_first(raw: str) -> ResolvedKey | None:
+        calls.append(1)
+        resolved = await real(raw)
+        if len(calls) == 2:
+            await release.wait()  # the refresh: its answer is held back
+        return resolved
+
+    monkeypatch.setattr(auth, "_resolve", slow_first)
+
+    async def main() -> None:
+        await auth.key_authenticate(bearer(tenant))
+        clock[0] += TTL * 0.9
+        await auth.key_authenticate(bearer(tenant))  # starts the refresh, which stalls
+        for _ in range(200):
+            if len(calls) == 2 and auth._resolving:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(api_key_revoke, api_key=tenant.api_key, actor=None)
+        clock[0] += TTL  # the entry is over; the refresh read the key TTL ago
+        waiting = asyncio.ensure_future(auth.key_authenticate(bearer(tenant)))
+        await asyncio.sleep(0.05)
+        release.set()
+        with pytest.raises(ProxyError) as caught:
+            await waiting
+        assert caught.value.status == 401
+
+    run(main())
+    assert len(calls) == 3
+
+
+def test_a_database_that_does_not_answer_is_a_503_not_a_crash(
+    tenant: Tenant, clock: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down(raw: str) -> ResolvedKey | None:
+        raise psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(auth, "_resolve", down)
+    with pytest.raises(ProxyError) as caught:
+        run(auth.key_authenticate(bearer(tenant)))
+    assert caught.value.status == 503
+    assert caught.value.code == "key_store_unavailable"
+    assert not auth._cache
+
+
+def test_without_a_cache_every_request_resolves_the_key(
+    tenant: Tenant, clock: list[float], resolutions: list[str], settings: Any
+) -> None:
+    settings.PROXY_KEY_CACHE_SECONDS = 0
+    for _ in range(3):
+        run(auth.key_authenticate(bearer(tenant)))
+    api_key_revoke(api_key=tenant.api_key, actor=None)
+    with pytest.raises(ProxyError):
+        run(auth.key_authenticate(bearer(tenant)))
+    assert len(resolutions) == 4
+    assert not auth._cache
 
 
 def test_a_worker_records_a_key_as_used_once_a_minute_not_on_every_refresh(
@@ -208,3 +301,35 @@ def _terminate_backend(pid: int) -> None:
             cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
     finally:
         connection.close()  # this thread's connection goes back before the database is dropped
+
+
+@pytest.mark.skipif(
+    not keydb.on_postgresql(), reason="the loop's own connection exists on PostgreSQL only"
+)
+def test_on_postgresql_a_query_that_hangs_is_a_503_and_the_next_lookup_gets_a_new_connection(
+    tenant: Tenant, clock: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keydb, "QUERY_TIMEOUT_SECONDS", 0.2)
+    real = keydb._read
+    hang = [True]
+
+    async def read(conn: Any, sql: str, params: list[str]) -> Any:
+        if hang[0]:
+            hang[0] = False
+            async with conn.cursor() as cursor:
+                await cursor.execute("SELECT pg_sleep(2)")  # a reply that does not come
+        return await real(conn, sql, params)
+
+    monkeypatch.setattr(keydb, "_read", read)
+
+    async def main() -> tuple[int, int]:
+        first = (await keydb._connection("default")).info.backend_pid
+        with pytest.raises(ProxyError) as caught:
+            await auth.key_authenticate(bearer(tenant))
+        assert caught.value.status == 503
+        clock[0] += 0.01
+        assert (await auth.key_authenticate(bearer(tenant))).api_key_id == tenant.api_key.id
+        return first, (await keydb._connection("default")).info.backend_pid
+
+    first, second = run(main())
+    assert first != second
