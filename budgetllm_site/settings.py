@@ -369,6 +369,9 @@ PROXY_UPSTREAM_CONNECT_TIMEOUT_SECONDS = env_int("PROXY_UPSTREAM_CONNECT_TIMEOUT
 # Longest silence allowed from the provider (before the answer, or between stream events).
 PROXY_UPSTREAM_READ_TIMEOUT_SECONDS = env_int("PROXY_UPSTREAM_READ_TIMEOUT_SECONDS", 600)
 PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 256)
+# Longest a stream waits for its client to take more of it (the client is connected but
+# reads nothing): then the stream ends and frees its provider connection for others.
+PROXY_CLIENT_SEND_TIMEOUT_SECONDS = env_int("PROXY_CLIENT_SEND_TIMEOUT_SECONDS", 60)
 # How long identical in-flight requests wait for the first one's answer before going
 # upstream themselves.
 PROXY_CACHE_WAIT_SECONDS = env_int("PROXY_CACHE_WAIT_SECONDS", 120)

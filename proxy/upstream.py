@@ -364,6 +364,16 @@ class Response:
             self.close()
             raise
 
+    def leftover(self) -> bytes:
+        """After `close()`: what had arrived but was never taken (for a stream, events the
+        client never got, still worth reading for the usage they may carry)."""
+        conn = self._conn
+        chunks, conn.body, conn.buffered = conn.body, [], 0
+        try:
+            return self._decode(b"".join(chunks), final=False)
+        except BadResponse:
+            return b""
+
     def _decode(self, data: bytes, *, final: bool) -> bytes:
         if self._decoder is None:
             return data

@@ -16,8 +16,11 @@ ledger the settle is on its way before the answer is sent: see `_settle_and_send
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
+import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -67,6 +70,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _UNKNOWN = object()
 _JSON = b"application/json"
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 _SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 # Request headers a client may send on to the provider with its own meaning.
 _FORWARDED_REQUEST_HEADERS = ("openai-organization", "openai-project", "openai-beta")
@@ -209,6 +213,23 @@ class Exchange:
         extra = [(b"content-length", str(len(body)).encode()), *extra]
         await self.start(status, content_type, extra)
         await self.send({"type": "http.response.body", "body": body})
+
+    def drop_connection(self) -> None:
+        """Reset the client's connection, unsent bytes and all.
+
+        ASGI has no message for this. Under uvicorn, `send` is a method of the request's
+        cycle, which holds the connection's transport; a server without one closes the
+        connection its own way once the app returns. A graceful close would wait for a
+        client that reads nothing, and even a plain close leaves the kernel holding the
+        unsent bytes for minutes: a reset (SO_LINGER 0) frees them at once."""
+        transport = getattr(getattr(self.send, "__self__", None), "transport", None)
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        transport.abort()
 
     async def respond_error(self, err: ProxyError) -> None:
         extra = [] if err.retryable else [(b"x-should-retry", b"false")]
@@ -838,6 +859,31 @@ async def relay_stream(
 
     finished = False
     gone = False
+    stalled = False
+    relaying = True
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    send_timeout = settings.PROXY_CLIENT_SEND_TIMEOUT_SECONDS
+    sending_since = 0.0  # when the send in progress began; 0.0 between sends
+    stall_timer: asyncio.TimerHandle | None = None
+
+    def check_send() -> None:
+        # One timer per stream, re-armed from the send in progress, not one per send: a
+        # stream's every event would otherwise make and cancel a timer.
+        nonlocal stall_timer, stalled
+        stall_timer = None
+        if not relaying:
+            return
+        now = loop.time()
+        if sending_since and now - sending_since >= send_timeout:
+            # Connected, but reading nothing: stop the provider, free its connection for
+            # other requests, and end the send that waits for this client.
+            stalled = True
+            resp.close()
+            if task is not None:
+                task.cancel()
+            return
+        stall_timer = loop.call_at((sending_since or now) + send_timeout, check_send)
 
     def on_receive(task: asyncio.Future[dict[str, Any]]) -> None:
         nonlocal gone
@@ -864,6 +910,8 @@ async def relay_stream(
         )
         watch = asyncio.ensure_future(ex.receive())
         watch.add_done_callback(on_receive)
+        if send_timeout > 0:
+            stall_timer = loop.call_at(loop.time() + send_timeout, check_send)
         try:
             while chunk := await resp.next_chunk():
                 events = splitter.feed(chunk)
@@ -879,9 +927,17 @@ async def relay_stream(
                     else:
                         out.append(forward_event)
                 if out:
-                    await ex.send(
-                        {"type": "http.response.body", "body": b"".join(out), "more_body": True}
-                    )
+                    sending_since = loop.time()
+                    try:
+                        await ex.send(
+                            {"type": "http.response.body", "body": b"".join(out), "more_body": True}
+                        )
+                    except asyncio.CancelledError:
+                        if not stalled or task is None:
+                            raise
+                        task.uncancel()
+                        break
+                    sending_since = 0.0
                 if gone:
                     break
         except TimeoutError:
@@ -890,8 +946,15 @@ async def relay_stream(
             if not gone:
                 broken = f"The provider's stream broke off ({exc})."
         ex.upstream_seconds = time.perf_counter() - t0
+        if stalled:
+            gone = True
+            ex.drop_connection()
         if not gone and broken is None and not state.done:
             broken = "The provider's stream ended before its final event."
+        if gone and state.usage is None:
+            # What arrived but was never relayed may still carry the provider's usage.
+            for event in splitter.feed(resp.leftover()):
+                state.process(event)
 
         tokens = tokens_from_usage(state.usage)
         if tokens is None:
@@ -899,8 +962,10 @@ async def relay_stream(
             # estimate of what was streamed (never $0, never more than was reserved).
             allowed = admission.output_tokens_allowed * parsed.choices
             estimate = state.output_estimate()
-            if estimate is None or _may_reason(parsed.model):
-                estimate = allowed  # hidden reasoning tokens cannot be counted: charge all
+            if stalled or estimate is None or _may_reason(parsed.model):
+                # Hidden reasoning tokens cannot be counted; a stalled relay fell behind
+                # the provider by as much as the buffers between them held: charge all.
+                estimate = allowed
             tokens = Tokens(parsed.input_tokens_bound, 0, min(estimate, allowed))
         cost = _cost(admission, tokens)
         status = 499 if gone else (502 if broken else 200)
@@ -913,9 +978,18 @@ async def relay_stream(
         last = {"type": "http.response.body", "body": b"".join(tail), "more_body": False}
 
         async def send_last() -> None:
-            nonlocal finished
+            nonlocal finished, sending_since
             finished = True  # a hang-up from here on no longer changes the outcome
-            await ex.send(last)
+            if stalled:
+                return
+            sending_since = loop.time()
+            try:
+                await ex.send(last)
+            except asyncio.CancelledError:
+                if not stalled or task is None:
+                    raise
+                task.uncancel()  # settled in full already: only the last bytes are lost
+                ex.drop_connection()
 
         settled = True
         await _settle_and_send(
@@ -923,6 +997,9 @@ async def relay_stream(
         )
     finally:
         finished = True
+        relaying = False
+        if stall_timer is not None:
+            stall_timer.cancel()
         if watch is not None and not watch.done():
             watch.cancel()
         if state.done and not gone and broken is None:

@@ -17,6 +17,8 @@ Behaviour, deterministic so tests can assert exact numbers:
   status in the error envelope; `X-Fake-Delay-Ms: N` sleeps N ms before answering
   (and between stream events); `X-Fake-No-Usage: 1` omits the usage chunk of a stream;
   `X-Fake-Drop-After: N` closes the connection after N stream events;
+  `X-Fake-Word-Bytes: N` pads every word of a chat answer to N bytes (a large answer
+  that still counts one token a word);
   `X-Fake-Prompt-Tokens: N` reports N input tokens in the usage (what a real provider
   bills for content the fake cannot count, e.g. an image); `X-Fake-Truncate-Body: N`
   answers a non-streaming request 200 with its full Content-Length but closes the
@@ -175,6 +177,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error(400, "you must provide a model parameter", "invalid_request_error")
     n = int(body.get("n") or 1)
     words = answer_words(body.get("max_completion_tokens", body.get("max_tokens")))
+    pad = int(request.headers.get("X-Fake-Word-Bytes", "0"))
+    if pad:
+        words = [word.ljust(pad, "x") for word in words]
     prompt_tokens = reported_prompt_tokens(request, text_bytes(body.get("messages", [])) // 4)
     created = int(time.time())
     cid = f"chatcmpl-fake{stats[request.path]}"

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import socket
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
 import httpx
 import openai
 import pytest
 
 from budgets.models import Cap
-from tests.proxy.conftest import ProxyServer, Tenant
+from tests.conftest import FakeOpenAI
+from tests.proxy.conftest import ProxyServer, Tenant, server_env, start_proxy
 from tests.proxy.helpers import eventually, ledger_totals, records
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -75,3 +81,78 @@ def test_a_stream_without_usage_is_charged_an_upward_estimate(
     [record] = records(tenant.account)
     assert record.output_tokens >= 20  # bytes of text >= tokens
     assert record.input_tokens >= len(MESSAGES[0]["content"])
+
+
+# --- a client that stops reading --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_slot_proxy(django_db_setup: None, fake_openai_server: FakeOpenAI) -> Iterator[ProxyServer]:
+    """One provider connection per worker, a 1-s send timeout, and 8 s to wait for the
+    connection: a stream nobody reads would block every other request behind it."""
+    server = start_proxy(
+        server_env(
+            fake_openai_server.base_url,
+            PROXY_UPSTREAM_MAX_CONNECTIONS="1",
+            PROXY_UPSTREAM_CONNECT_TIMEOUT_SECONDS="8",
+            PROXY_CLIENT_SEND_TIMEOUT_SECONDS="1",
+        )
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _stream_nobody_reads(proxy: ProxyServer, tenant: Tenant) -> socket.socket:
+    """A connected client that asks for a 40 MB stream and then reads nothing."""
+    url = urlsplit(proxy.base_url)
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, before connect
+    sock.connect((url.hostname, url.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\n"
+        b"Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+        b"X-Fake-Word-Bytes: 2000000\r\nContent-Length: %d\r\n\r\n%s"
+        % (url.netloc.encode(), tenant.raw.encode(), len(body), body)
+    )
+    sock.settimeout(10)
+    assert sock.recv(12) == b"HTTP/1.1 200"
+    return sock
+
+
+def _bytes_until_closed(sock: socket.socket) -> int:
+    """How much the client can still read before the server's close (a 10-s silence
+    fails the test)."""
+    received = 0
+    try:
+        while chunk := sock.recv(65536):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def test_a_stream_whose_client_reads_nothing_ends_and_frees_its_provider_connection(
+    one_slot_proxy: ProxyServer, fake_openai: FakeOpenAI, tenant: Tenant
+) -> None:
+    tenant.cap("10", scope=Cap.Scope.ACCOUNT, period=Cap.Period.MONTH)
+    stalled = _stream_nobody_reads(one_slot_proxy, tenant)
+    try:
+        # The stalled stream holds the worker's only provider connection until the send
+        # timeout ends it; without that, this waits 8 s for a connection and fails.
+        answer = one_slot_proxy.client(tenant.raw, max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content
+        # Dropped at once, not closed after the megabytes it had been sent were read.
+        assert _bytes_until_closed(stalled) < 256 * 1024
+    finally:
+        stalled.close()
+    first, second = records(tenant.account)
+    assert first.http_status == 499
+    # It fell behind the provider by what the buffers held: charged at the reserved bound.
+    assert first.output_tokens == 16384  # gpt-4o-mini's most output: the request set none
+    assert second.http_status == 200
+    assert ledger_totals(tenant.account) == (first.cost_micros + second.cost_micros, 0)
