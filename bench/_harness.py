@@ -63,6 +63,19 @@ def wait_for(url: str, timeout: float = 40) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
 def start_fake() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     LOG.parent.mkdir(exist_ok=True)

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._harness import (  # noqa: E402
     cpu_seconds,
     django_setup,
+    free_port,
     load,
     make_tenant,
     production_env,
@@ -35,6 +36,7 @@ from bench._harness import (  # noqa: E402
     start_fake,
     start_proxy,
     stop,
+    wait_for_port,
     worker_pids,
 )
 
@@ -50,6 +52,46 @@ STREAM = {**PLAIN, "stream": True}
 STREAM_EVENT_MS = 5
 # Chunks the fake sends per chat stream: role, 20 words, finish, usage (+ [DONE]).
 EVENTS_PER_STREAM = 24
+# With n=4 choices the fake sends 4 x 22 + 2 = 90 events for the same request. The CPU
+# per event is the slope between the two: what one more event costs, whatever the stream's
+# fixed part (key, reservation, settle, log) costs at that load.
+LONG_STREAM = {**STREAM, "n": 4}
+EVENTS_PER_LONG_STREAM = 90
+
+# A bare byte relay on the same event loop (uvloop), as many processes as the proxy has
+# workers: the least any Python relay on this machine spends per paced event.
+BARE_RELAY = """
+import asyncio, sys, uvloop
+
+UP_PORT, PORT = int(sys.argv[1]), int(sys.argv[2])
+
+class Up(asyncio.Protocol):
+    def __init__(self, down): self.down = down
+    def connection_made(self, transport): self.transport = transport
+    def data_received(self, data): self.down.transport.write(data)
+    def connection_lost(self, exc): self.down.transport.close()
+
+class Down(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.up, self.pending = transport, None, []
+        asyncio.ensure_future(self.connect())
+    async def connect(self):
+        loop = asyncio.get_running_loop()
+        _, self.up = await loop.create_connection(lambda: Up(self), "127.0.0.1", UP_PORT)
+        for data in self.pending: self.up.transport.write(data)
+    def data_received(self, data):
+        if self.up is None: self.pending.append(data)
+        else: self.up.transport.write(data)
+    def connection_lost(self, exc):
+        if self.up is not None: self.up.transport.close()
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Down, "127.0.0.1", PORT, reuse_port=True)
+    await server.serve_forever()
+
+uvloop.run(main())
+"""
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -152,6 +194,47 @@ def compare(
     return row
 
 
+def per_event_slope(short: Run, long: Run) -> float:
+    """µs of CPU per event: the extra CPU of a 90-event stream over a 24-event one."""
+    per_short = short.cpu_s / max(short.requests, 1)
+    per_long = long.cpu_s / max(long.requests, 1)
+    return 1e6 * (per_long - per_short) / (EVENTS_PER_LONG_STREAM - EVENTS_PER_STREAM)
+
+
+def bare_relay_slopes(
+    upstream: str, headers: dict[str, str], *, workers: int, seconds: int
+) -> None:
+    """The same paced streams through BARE_RELAY: its CPU per event, for comparison."""
+    up_port = upstream.rsplit(":", 1)[1].split("/", 1)[0]
+    port = free_port()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", BARE_RELAY, up_port, str(port)])
+        for _ in range(workers)
+    ]
+    try:
+        wait_for_port(port)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        pids = [p.pid for p in procs]
+        for conns in (1, 32):
+            short = wrk(url, STREAM, headers, conns=conns, seconds=seconds, pids=pids)
+            long = wrk(url, LONG_STREAM, headers, conns=conns, seconds=seconds, pids=pids)
+            print(
+                json.dumps(
+                    {
+                        "case": f"bare uvloop byte relay, {workers} processes, paced streams, {conns} conn",
+                        "relay CPU µs/event (slope, 24 vs 90 events)": f"{per_event_slope(short, long):.1f}",
+                        "relay CPU µs/event (all of it, 24-event streams)": f"{1e6 * short.cpu_s / max(short.requests * EVENTS_PER_STREAM, 1):.1f}",
+                        "load": long.load,
+                    },
+                    ensure_ascii=False,
+                ),
+                flush=True,
+            )
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -202,7 +285,7 @@ def main() -> None:
         if args.plain_only:
             return
         for conns in (1, 32):
-            # The fake server's own CPU per paced event is this machine's floor for waking
+            # The fake server's own CPU per paced event is this machine's cost of waking
             # up on an event: reported beside the proxy's.
             d = wrk(
                 chat_direct, STREAM, {**direct_h, **paced}, conns=conns, seconds=s, pids=[fake.pid]
@@ -218,6 +301,28 @@ def main() -> None:
                 fake_events_cpu=d.cpu_s,
                 plain_cpu=plain_cpu[conns],
             )
+            long = wrk(
+                chat_proxy,
+                LONG_STREAM,
+                {**proxy_h, **off, **paced},
+                conns=conns,
+                seconds=s,
+                pids=pids,
+            )
+            print(
+                json.dumps(
+                    {
+                        "case": f"paced streams of {EVENTS_PER_STREAM} and {EVENTS_PER_LONG_STREAM} events, {conns} conn",
+                        "proxy CPU µs/event (slope)": f"{per_event_slope(p, long):.1f}",
+                        "proxy CPU ms/stream, 24 / 90 events": f"{1000 * p.cpu_s / max(p.requests, 1):.3f} / {1000 * long.cpu_s / max(long.requests, 1):.3f}",
+                        "errors": long.errors,
+                        "load": long.load,
+                    },
+                    ensure_ascii=False,
+                ),
+                flush=True,
+            )
+        bare_relay_slopes(upstream, {**direct_h, **paced}, workers=args.workers, seconds=s)
         # The same stream in one burst: what relaying an event costs beyond a plain request.
         p = wrk(chat_proxy, STREAM, {**proxy_h, **off}, conns=1, seconds=s, pids=pids)
         marginal = (p.cpu_s / max(p.requests, 1) - plain_cpu[1]) / EVENTS_PER_STREAM
