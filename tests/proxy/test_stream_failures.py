@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -156,3 +157,32 @@ def test_a_stream_whose_client_reads_nothing_ends_and_frees_its_provider_connect
     assert first.output_tokens == 16384  # gpt-4o-mini's most output: the request set none
     assert second.http_status == 200
     assert ledger_totals(tenant.account) == (first.cost_micros + second.cost_micros, 0)
+
+
+def test_a_client_that_falls_behind_and_catches_up_gets_the_whole_stream_in_order(
+    proxy: ProxyServer, tenant: Tenant
+) -> None:
+    tenant.cap("10", scope=Cap.Scope.ACCOUNT, period=Cap.Period.MONTH)
+    word_bytes = 500_000  # 20 words: 10 MB, far more than the buffers between us hold
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": MESSAGES,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    headers = {"Authorization": f"Bearer {tenant.raw}", "X-Fake-Word-Bytes": str(word_bytes)}
+    with httpx.stream(
+        "POST", proxy.base_url + "/chat/completions", json=body, headers=headers, timeout=30
+    ) as resp:
+        assert resp.status_code == 200
+        time.sleep(1)  # reads nothing for a while: the relay waits for this client
+        lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == " ".join(f"word{i}".ljust(word_bytes, "x") for i in range(20))
+    assert chunks[-1]["usage"]["completion_tokens"] == 20
+    [record] = records(tenant.account)
+    assert record.http_status == 200
+    assert record.output_tokens == 20
+    assert ledger_totals(tenant.account) == (record.cost_micros, 0)

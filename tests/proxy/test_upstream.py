@@ -603,6 +603,9 @@ def test_a_stream_whose_answer_cannot_start_stops_the_generation(
         async def start(self, *args: Any) -> None:
             raise OSError("the client is gone")
 
+        async def send(self, message: Any) -> None:
+            raise OSError("the client is gone")
+
         def latency_ms(self) -> int:
             return 1
 
