@@ -29,6 +29,7 @@ import asyncio
 import collections
 import ssl
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -149,9 +150,12 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.closed = False
         self.busy = False  # between writing a request and handing the connection back
+        # Takes the body as it arrives, inside data_received (see Response.pipe).
+        self.sink: Callable[[], None] | None = None
         self._reset()
 
     def _reset(self) -> None:
+        self.sink = None
         self.status = 0
         self.header_items: list[tuple[str, str]] = []
         self.headers_done = False
@@ -178,10 +182,14 @@ class _Connection(asyncio.Protocol):
             self._fail(BadResponse(f"the provider's answer is not valid HTTP ({exc})"))
             self.close()
             return
+        sink = self.sink
+        if sink is not None and self.buffered:
+            sink()
         if self.buffered > MAX_BUFFERED and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
-        self._wake()
+        if self.sink is None or self.complete or self.error is not None:
+            self._wake()
 
     def eof_received(self) -> bool:
         # An answer with neither a length nor chunked encoding ends when the connection
@@ -303,7 +311,7 @@ class Response:
     """The provider's answer. Read it whole with `read()` or in pieces with `next_chunk()`;
     then `release()` (keeps the connection if the answer was read to its end) or `close()`."""
 
-    __slots__ = ("_conn", "status", "headers", "_decoder", "_released")
+    __slots__ = ("_conn", "status", "headers", "_decoder", "_released", "_sink")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -311,6 +319,7 @@ class Response:
         self.headers = Headers(conn.header_items)
         self._released = False
         self._decoder: Any = None
+        self._sink: Callable[[bytes], bool] | None = None
         encoding = (self.headers.get("content-encoding") or "identity").strip().lower()
         if encoding in ("gzip", "x-gzip", "deflate"):
             self._decoder = zlib.decompressobj(47)  # wbits 47: gzip or zlib framing
@@ -364,6 +373,48 @@ class Response:
             self.close()
             raise
 
+    def pipe(self, sink: Callable[[bytes], bool]) -> None:
+        """Hand the body to `sink` piece by piece as it arrives, inside the connection's
+        own callback, starting with what is buffered now.
+
+        A relay that awaits each piece wakes its task for every piece (a future, a
+        scheduled callback, a chain of coroutine frames), and a stream's events arrive
+        one by one. `sink`
+        returns False when it takes no more for now (its client is not keeping up, or it
+        failed): the pipe stops, `piped()` returns, and later pieces wait in the buffer
+        (reading pauses beyond `MAX_BUFFERED`) until `pipe` is called again."""
+        self._sink = sink
+        self._conn.sink = self._piped
+        if self._conn.buffered:
+            self._piped()
+
+    def _piped(self) -> None:
+        conn = self._conn
+        sink = self._sink
+        if sink is None or self._released:
+            conn.sink = None
+            return
+        try:
+            data = self._decode(conn.take_body(), final=False)
+        except BadResponse as exc:
+            conn._fail(exc)
+            conn.sink = None
+            conn._wake()
+            return
+        if data and not sink(data):
+            conn.sink = None
+            conn._wake()
+
+    async def piped(self) -> None:
+        """Wait while the pipe runs: until the sink stops it, or the body ends, fails or is
+        closed (then `next_chunk()` gives what is left, or raises the error)."""
+        conn = self._conn
+        while conn.sink is not None:
+            if conn.complete or conn.error is not None or self._released:
+                conn.sink = None
+                return
+            await conn.wait()
+
     def leftover(self) -> bytes:
         """After `close()`: what had arrived but was never taken (for a stream, events the
         client never got, still worth reading for the usage they may carry)."""
@@ -389,6 +440,7 @@ class Response:
             return
         self._released = True
         conn = self._conn
+        conn.sink = None
         if conn.reusable() and not conn.buffered:
             conn.pool._put(conn)
         else:
@@ -400,6 +452,7 @@ class Response:
             return  # released: the connection may be serving another request by now
         self._released = True
         conn = self._conn
+        conn.sink = None
         conn._fail(Disconnected("closed by BudgetLLM"))
         conn.close()
         conn._wake()

@@ -23,7 +23,7 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 
@@ -817,6 +817,107 @@ def _stream_error_event(parsed: ParsedRequest, message: str, code: str) -> bytes
     return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
 
 
+class _Resumed:
+    """Awaiting this finishes an awaitable that was started by hand and suspended, as a
+    task would have: what it waits for is handed to the awaiting task, which resumes it
+    (or throws into it, e.g. a cancellation)."""
+
+    __slots__ = ("_coro", "_waiting")
+
+    def __init__(self, coro: Generator[Any, None, None], waiting: Any) -> None:
+        self._coro = coro
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, None, None]:
+        waiting = self._waiting
+        while True:
+            try:
+                yield waiting
+            except BaseException as exc:
+                try:
+                    waiting = self._coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting = self._coro.send(None)
+            except StopIteration:
+                return
+
+
+class _EventRelay:
+    """Takes a stream's body as it arrives (inside the provider connection's callback,
+    see `Response.pipe`), cuts it into events, checks each, and sends them on.
+
+    The send is the server's ASGI `send`, run by hand: it finishes at once unless the
+    client is not keeping up, and only then is the rest of it left to the request's task
+    (`finish_send`). Nothing here may raise into the connection's callback: an error is
+    kept for the task to raise."""
+
+    __slots__ = (
+        "send",
+        "state",
+        "loop",
+        "splitter",
+        "held",
+        "pending",
+        "error",
+        "blocked_since",
+    )
+
+    def __init__(
+        self, send: Send, state: ChatStream | ResponsesStream, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.send = send
+        self.state = state
+        self.loop = loop
+        self.splitter = SseSplitter()
+        self.held: list[bytes] = []  # the terminal event: it waits for the settle
+        self.pending: tuple[Generator[Any, None, None], Any] | None = None
+        self.error: Exception | None = None
+        self.blocked_since = 0.0  # when a send began waiting for the client; 0.0: none
+
+    def take(self, data: bytes) -> bool:
+        """Relay what arrived; False when the task must take over (a send is waiting for
+        the client, or something failed)."""
+        try:
+            state = self.state
+            out = []
+            for event in self.splitter.feed(data):
+                forward = state.process(event)
+                if forward is None:
+                    continue
+                if state.done:
+                    self.held.append(forward)
+                else:
+                    out.append(forward)
+            if not out:
+                return True
+            body = out[0] if len(out) == 1 else b"".join(out)
+            message = {"type": "http.response.body", "body": body, "more_body": True}
+            sending = self.send(message).__await__()
+            try:
+                waiting = sending.send(None)
+            except StopIteration:
+                return True
+            self.pending = (sending, waiting)
+            self.blocked_since = self.loop.time()
+            return False
+        except Exception as exc:
+            self.error = exc
+            return False
+
+    async def finish_send(self) -> None:
+        if self.pending is None:
+            return
+        sending, waiting = self.pending
+        self.pending = None
+        try:
+            await _Resumed(sending, waiting)
+        finally:
+            self.blocked_since = 0.0
+
+
 async def relay_stream(
     ex: Exchange,
     parsed: ParsedRequest,
@@ -864,7 +965,7 @@ async def relay_stream(
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     send_timeout = settings.PROXY_CLIENT_SEND_TIMEOUT_SECONDS
-    sending_since = 0.0  # when the send in progress began; 0.0 between sends
+    relay = _EventRelay(ex.send, state, loop)
     stall_timer: asyncio.TimerHandle | None = None
 
     def check_send() -> None:
@@ -875,6 +976,7 @@ async def relay_stream(
         if not relaying:
             return
         now = loop.time()
+        sending_since = relay.blocked_since
         if sending_since and now - sending_since >= send_timeout:
             # Connected, but reading nothing: stop the provider, free its connection for
             # other requests, and end the send that waits for this client.
@@ -896,8 +998,8 @@ async def relay_stream(
             resp.close()
 
     watch: asyncio.Future[dict[str, Any]] | None = None
-    splitter = SseSplitter()
-    held: list[bytes] = []
+    splitter = relay.splitter
+    held = relay.held
     broken: str | None = None
     settled = False
     # From here on the provider is generating: whatever fails, the finally below stops
@@ -913,33 +1015,29 @@ async def relay_stream(
         if send_timeout > 0:
             stall_timer = loop.call_at(loop.time() + send_timeout, check_send)
         try:
-            while chunk := await resp.next_chunk():
-                events = splitter.feed(chunk)
-                if not events:
-                    continue
-                out = []
-                for event in events:
-                    forward_event = state.process(event)
-                    if forward_event is None:
-                        continue
-                    if state.done:
-                        held.append(forward_event)  # the terminal event waits for the settle
-                    else:
-                        out.append(forward_event)
-                if out:
-                    sending_since = loop.time()
+            # Events are relayed from the provider connection's callback as they arrive;
+            # this task wakes only when the client falls behind or the stream ends.
+            resp.pipe(relay.take)
+            while True:
+                await resp.piped()
+                if relay.pending is not None:
                     try:
-                        await ex.send(
-                            {"type": "http.response.body", "body": b"".join(out), "more_body": True}
-                        )
+                        await relay.finish_send()
                     except asyncio.CancelledError:
                         if not stalled or task is None:
                             raise
                         task.uncancel()
                         break
-                    sending_since = 0.0
-                if gone:
+                    if gone:
+                        break
+                    resp.pipe(relay.take)
+                    continue
+                if relay.error is not None:
+                    raise relay.error
+                chunk = await resp.next_chunk()  # the end: what is left, or the error
+                if not chunk:
                     break
+                relay.take(chunk)
         except TimeoutError:
             broken = "The provider stopped sending in the middle of the stream (timeout)."
         except UpstreamError as exc:
@@ -978,11 +1076,11 @@ async def relay_stream(
         last = {"type": "http.response.body", "body": b"".join(tail), "more_body": False}
 
         async def send_last() -> None:
-            nonlocal finished, sending_since
+            nonlocal finished
             finished = True  # a hang-up from here on no longer changes the outcome
             if stalled:
                 return
-            sending_since = loop.time()
+            relay.blocked_since = loop.time()
             try:
                 await ex.send(last)
             except asyncio.CancelledError:
