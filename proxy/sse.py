@@ -4,6 +4,10 @@ The relay forwards whole events as they arrive (never the whole stream). Per eve
 does only byte searches; JSON is parsed for the one event that carries the usage, and,
 after the stream, for the stored events when the answer goes into the cache or a
 disconnect needs an estimate.
+
+The searches use `find()`, not `in`: on CPython 3.12 `part in data` for bytes first tries
+`part` as an integer (for `65 in b"A"`) and builds a TypeError message it then throws
+away, about 2,600 instructions per search, which was a third of relaying an event.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ class SseSplitter:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        if b"\r" in chunk:
+        if chunk.find(b"\r") != -1:
             chunk = chunk.replace(b"\r\n", b"\n")
         buf = self._buf + chunk if self._buf else chunk
-        if b"\n\n" not in buf:
+        if buf.find(b"\n\n") == -1:
             self._buf = buf
             return []
         parts = buf.split(b"\n\n")
@@ -56,7 +60,7 @@ def event_name(event: bytes) -> bytes:
 
 
 def _has_usage_object(event: bytes) -> bool:
-    return b'"usage":{' in event or b'"usage": {' in event
+    return event.find(b'"usage":{') != -1 or event.find(b'"usage": {') != -1
 
 
 class ChatStream:
@@ -323,7 +327,7 @@ class ResponsesStream:
             self.done = True
             self.completed = name == b"response.completed"
             return event
-        if b"delta" in name and not self.overflow:
+        if name.find(b"delta") != -1 and not self.overflow:
             self.kept_bytes += len(event)
             if self.kept_bytes > MAX_KEPT_BYTES:
                 self.overflow = True
