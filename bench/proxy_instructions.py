@@ -49,7 +49,9 @@ def total_ir(path: str) -> int:
 
 
 def outer(args: argparse.Namespace) -> None:
-    for label in ("plain", "stream"):
+    labels = ("stream", "long-stream") if args.paced else ("plain", "stream")
+    irs = {}
+    for label in labels:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "callgrind.out")
             subprocess.run(
@@ -64,18 +66,26 @@ def outer(args: argparse.Namespace) -> None:
                     label,
                     "--requests",
                     str(args.requests),
+                    *(["--paced"] if args.paced else []),
                 ],
                 check=True,
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            ir = total_ir(out)
-        row = {"case": label, "requests": args.requests, "Ir/request": ir // args.requests}
+            ir = irs[label] = total_ir(out)
+        row = {
+            "case": f"{label}{', paced' if args.paced else ''}",
+            "requests": args.requests,
+            "Ir/request": ir // args.requests,
+        }
         print(json.dumps(row), flush=True)
+    if args.paced:
+        per_event = (irs["long-stream"] - irs["stream"]) / args.requests / (90 - 24)
+        print(json.dumps({"case": "paced, per event (slope)", "Ir/event": round(per_event)}))
 
 
-def inner(label: str, requests: int) -> None:
+def inner(label: str, requests: int, paced: bool) -> None:
     fake, upstream = start_fake()
     try:
         # The key cache refreshes a key in use every 1.5 s of wall time; under callgrind,
@@ -91,8 +101,12 @@ def inner(label: str, requests: int) -> None:
 
         from proxy.app import v1_app
 
-        body = json.dumps(STREAM if label == "stream" else PLAIN).encode()
+        payload = {"plain": PLAIN, "stream": STREAM, "long-stream": {**STREAM, "n": 4}}[label]
+        body = json.dumps(payload).encode()
+        # Paced: one event every 5 ms, so each arrives on its own, as from a model.
+        pacing = [(b"x-fake-delay-ms", b"5"), (b"x-fake-stream-delay-only", b"1")]
         headers = [
+            *(pacing if paced else []),
             (b"host", b"127.0.0.1"),
             (b"content-type", b"application/json"),
             (b"authorization", f"Bearer {key}".encode()),
@@ -151,9 +165,16 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--inner", choices=["plain", "stream"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--paced",
+        action="store_true",
+        help="streams of 24 and 90 events paced 5 ms apart: instructions per relayed event",
+    )
+    parser.add_argument(
+        "--inner", choices=["plain", "stream", "long-stream"], help=argparse.SUPPRESS
+    )
     parsed = parser.parse_args()
     if parsed.inner:
-        inner(parsed.inner, parsed.requests)
+        inner(parsed.inner, parsed.requests, parsed.paced)
     else:
         outer(parsed)
