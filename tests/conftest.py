@@ -20,6 +20,38 @@ from accounts.services import user_get_or_create
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None) -> Iterator[None]:
+    """pytest-django's test database, with no session left on it when it is dropped.
+
+    Django closes its connection pool before the drop, but a connection still checked out
+    (by a thread other than this one, such as sync_to_async's executor) can stay open,
+    and PostgreSQL refuses to drop a database in use: one session was left in most runs.
+    By now every server a test started has stopped, so what is left belongs to this
+    process and is ended here."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    import psycopg
+
+    s = connection.settings_dict
+    with psycopg.connect(
+        host=s.get("HOST") or "127.0.0.1",
+        port=s.get("PORT") or 5432,
+        user=s.get("USER") or "postgres",
+        password=s.get("PASSWORD") or None,
+        dbname="postgres",
+        autocommit=True,
+    ) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            [s["NAME"]],
+        )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
