@@ -33,9 +33,6 @@ class SseSplitter:
         if chunk.find(b"\r") != -1:
             chunk = chunk.replace(b"\r\n", b"\n")
         buf = self._buf + chunk if self._buf else chunk
-        if buf.find(b"\n\n") == -1:
-            self._buf = buf
-            return []
         parts = buf.split(b"\n\n")
         self._buf = parts.pop()
         return [p + b"\n\n" for p in parts if p]
@@ -60,7 +57,14 @@ def event_name(event: bytes) -> bytes:
 
 
 def _has_usage_object(event: bytes) -> bool:
-    return event.find(b'"usage":{') != -1 or event.find(b'"usage": {') != -1
+    """A "usage" key whose value is an object (not null), with one search per event."""
+    at = event.find(b'"usage":')
+    while at != -1:
+        at += 8
+        if event[at : at + 1] == b"{" or event[at : at + 2] == b" {":
+            return True
+        at = event.find(b'"usage":', at)
+    return False
 
 
 class ChatStream:

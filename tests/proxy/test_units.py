@@ -151,6 +151,19 @@ def test_a_chat_stream_assembles_into_the_full_answer_and_replays_back() -> None
     assert state.output_estimate() == 5  # "Hello": 5 bytes >= its tokens
 
 
+def test_a_chat_stream_takes_the_usage_only_from_a_usage_object() -> None:
+    state = ChatStream(strip_usage=True)
+    # OpenAI sends "usage": null on every chunk when usage was asked for; text may quote it.
+    word = b'data: {"choices":[{"index":0,"delta":{"content":"\\"usage\\":{}"}}],"usage":null}\n\n'
+    assert state.process(word) == word and state.usage is None
+    spaced = b'data: {"choices": [], "usage": null, "x": {"usage": {"prompt_tokens": 9}}}\n\n'
+    assert state.process(spaced) is None  # the usage chunk we asked for: stripped
+    assert state.usage is None  # a nested "usage" is not the chunk's own
+    last = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
+    assert state.process(last) is None
+    assert state.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+
+
 def test_responses_replay_is_a_valid_event_sequence() -> None:
     full = {
         "id": "r1",
