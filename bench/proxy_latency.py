@@ -121,6 +121,11 @@ class Run:
         return self.requests / self.seconds
 
 
+def report(row: dict[str, object]) -> None:
+    """One figure: a JSON line, printed at once (a run takes minutes)."""
+    print(json.dumps(row, ensure_ascii=False), flush=True)
+
+
 def wrk(
     url: str, body: dict, headers: dict[str, str], *, conns: int, seconds: int, pids: list[int]
 ) -> Run:
@@ -190,7 +195,7 @@ def compare(
         row["fake server CPU µs/event (direct run)"] = (
             f"{1e6 * fake_events_cpu / max(direct.requests * events, 1):.1f}"
         )
-    print(json.dumps(row, ensure_ascii=False), flush=True)
+    report(row)
     return row
 
 
@@ -218,17 +223,13 @@ def bare_relay_slopes(
         for conns in (1, 32):
             short = wrk(url, STREAM, headers, conns=conns, seconds=seconds, pids=pids)
             long = wrk(url, LONG_STREAM, headers, conns=conns, seconds=seconds, pids=pids)
-            print(
-                json.dumps(
-                    {
-                        "case": f"bare uvloop byte relay, {workers} processes, paced streams, {conns} conn",
-                        "relay CPU µs/event (slope, 24 vs 90 events)": f"{per_event_slope(short, long):.1f}",
-                        "relay CPU µs/event (all of it, 24-event streams)": f"{1e6 * short.cpu_s / max(short.requests * EVENTS_PER_STREAM, 1):.1f}",
-                        "load": long.load,
-                    },
-                    ensure_ascii=False,
-                ),
-                flush=True,
+            report(
+                {
+                    "case": f"bare uvloop byte relay, {workers} processes, paced streams, {conns} conn",
+                    "relay CPU µs/event (slope, 24 vs 90 events)": f"{per_event_slope(short, long):.1f}",
+                    "relay CPU µs/event (all of it, 24-event streams)": f"{1e6 * short.cpu_s / max(short.requests * EVENTS_PER_STREAM, 1):.1f}",
+                    "load": long.load,
+                }
             )
     finally:
         for proc in procs:
@@ -309,34 +310,26 @@ def main() -> None:
                 seconds=s,
                 pids=pids,
             )
-            print(
-                json.dumps(
-                    {
-                        "case": f"paced streams of {EVENTS_PER_STREAM} and {EVENTS_PER_LONG_STREAM} events, {conns} conn",
-                        "proxy CPU µs/event (slope)": f"{per_event_slope(p, long):.1f}",
-                        "proxy CPU ms/stream, 24 / 90 events": f"{1000 * p.cpu_s / max(p.requests, 1):.3f} / {1000 * long.cpu_s / max(long.requests, 1):.3f}",
-                        "errors": long.errors,
-                        "load": long.load,
-                    },
-                    ensure_ascii=False,
-                ),
-                flush=True,
+            report(
+                {
+                    "case": f"paced streams of {EVENTS_PER_STREAM} and {EVENTS_PER_LONG_STREAM} events, {conns} conn",
+                    "proxy CPU µs/event (slope)": f"{per_event_slope(p, long):.1f}",
+                    "proxy CPU ms/stream, 24 / 90 events": f"{1000 * p.cpu_s / max(p.requests, 1):.3f} / {1000 * long.cpu_s / max(long.requests, 1):.3f}",
+                    "errors": long.errors,
+                    "load": long.load,
+                }
             )
         bare_relay_slopes(upstream, {**direct_h, **paced}, workers=args.workers, seconds=s)
         # The same stream in one burst: what relaying an event costs beyond a plain request.
         p = wrk(chat_proxy, STREAM, {**proxy_h, **off}, conns=1, seconds=s, pids=pids)
         marginal = (p.cpu_s / max(p.requests, 1) - plain_cpu[1]) / EVENTS_PER_STREAM
-        print(
-            json.dumps(
-                {
-                    "case": f"stream in one burst, 1 conn ({p.requests} streams)",
-                    "proxy CPU ms/stream": f"{1000 * p.cpu_s / max(p.requests, 1):.3f}",
-                    "marginal proxy CPU µs/event (vs plain request)": f"{1e6 * marginal:.1f}",
-                    "load": p.load,
-                },
-                ensure_ascii=False,
-            ),
-            flush=True,
+        report(
+            {
+                "case": f"stream in one burst, 1 conn ({p.requests} streams)",
+                "proxy CPU ms/stream": f"{1000 * p.cpu_s / max(p.requests, 1):.3f}",
+                "marginal proxy CPU µs/event (vs plain request)": f"{1e6 * marginal:.1f}",
+                "load": p.load,
+            }
         )
         # Cache hit: the first request fills the cache, every later one is a hit.
         d = wrk(chat_direct, PLAIN, direct_h, conns=1, seconds=s, pids=pids)
@@ -361,16 +354,13 @@ def main() -> None:
         sampler.join()
         for pid, values in samples.items():
             third = max(len(values) // 3, 1)
-            print(
-                json.dumps(
-                    {
-                        "case": f"memory, worker {pid}, {args.memory_seconds} s at 8 conns ({run.requests} requests)",
-                        "rss MB start/end/max": f"{values[0]:.1f} / {values[-1]:.1f} / {max(values):.1f}",
-                        "mean first/last third MB": f"{sum(values[:third]) / third:.1f} / {sum(values[-third:]) / third:.1f}",
-                        "load": run.load,
-                    }
-                ),
-                flush=True,
+            report(
+                {
+                    "case": f"memory, worker {pid}, {args.memory_seconds} s at 8 conns ({run.requests} requests)",
+                    "rss MB start/end/max": f"{values[0]:.1f} / {values[-1]:.1f} / {max(values):.1f}",
+                    "mean first/last third MB": f"{sum(values[:third]) / third:.1f} / {sum(values[-third:]) / third:.1f}",
+                    "load": run.load,
+                }
             )
     finally:
         stop(proxy)
