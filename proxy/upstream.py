@@ -379,10 +379,10 @@ class Response:
 
         A relay that awaits each piece wakes its task for every piece (a future, a
         scheduled callback, a chain of coroutine frames), and a stream's events arrive
-        one by one. `sink`
-        returns False when it takes no more for now (its client is not keeping up, or it
-        failed): the pipe stops, `piped()` returns, and later pieces wait in the buffer
-        (reading pauses beyond `MAX_BUFFERED`) until `pipe` is called again."""
+        one by one. `sink` returns False when it takes no more for now (its client is not
+        keeping up, or it failed): the pipe stops, `piped()` returns, and later pieces
+        wait in the buffer (reading pauses beyond `MAX_BUFFERED`) until `pipe` is called
+        again."""
         self._sink = sink
         self._conn.sink = self._piped
         if self._conn.buffered:
