@@ -30,12 +30,15 @@ class SseSplitter:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        if chunk.find(b"\r") != -1:
-            chunk = chunk.replace(b"\r\n", b"\n")
         buf = self._buf + chunk if self._buf else chunk
+        if buf.find(b"\r") != -1:  # CRLF line ends, even one cut between two reads
+            buf = buf.replace(b"\r\n", b"\n")
         parts = buf.split(b"\n\n")
         self._buf = parts.pop()
         return [p + b"\n\n" for p in parts if p]
+
+    def holds_nothing(self) -> bool:
+        return not self._buf
 
     def rest(self) -> bytes:
         rest, self._buf = self._buf, b""
@@ -52,8 +55,14 @@ def event_data(event: bytes) -> bytes:
 
 def event_name(event: bytes) -> bytes:
     if event.startswith(b"event:"):
-        return event[6 : event.index(b"\n")].strip()
+        end = event.find(b"\n")
+        return event[6 : end if end != -1 else None].strip()
     return b""
+
+
+def _events(kept: list[bytes]) -> list[bytes]:
+    """Kept pieces (each one or more whole events) as single events, line ends as LF."""
+    return b"".join(kept).replace(b"\r\n", b"\n").split(b"\n\n")
 
 
 def _has_usage_object(event: bytes) -> bool:
@@ -70,20 +79,33 @@ def _has_usage_object(event: bytes) -> bool:
 class ChatStream:
     """State of one relayed chat-completions stream."""
 
-    __slots__ = ("strip_usage", "usage", "kept", "kept_bytes", "overflow", "done", "events")
+    __slots__ = ("strip_usage", "usage", "kept", "kept_bytes", "overflow", "done")
 
     def __init__(self, *, strip_usage: bool) -> None:
         self.strip_usage = strip_usage
         self.usage: dict[str, Any] | None = None
-        self.kept: list[bytes] = []
+        self.kept: list[bytes] = []  # whole events, one or several to an item
         self.kept_bytes = 0
         self.overflow = False
         self.done = False
-        self.events = 0
+
+    def take_whole(self, events: bytes) -> bool:
+        """Keep complete events (the caller saw them end in a blank line) that are
+        forwarded as they are, in one piece: True when none of them needs a look of its
+        own (no usage object, no [DONE]).
+
+        Most reads hold one or more content chunks, and cutting them up only to join them
+        again cost as much as the rest of relaying them. A false alarm (say "[DONE]" in
+        the text) only sends the piece the long way round, through `process`. Events with
+        CRLF line ends (they end in CR LF CR LF, not in a blank LF line) go that way too;
+        a piece with CRLF events before LF ones is kept as it came: `_events` copes."""
+        if events.find(b"[DONE]") != -1 or _has_usage_object(events):
+            return False
+        self._keep(events)
+        return True
 
     def process(self, event: bytes) -> bytes | None:
         """The event to forward, or None to drop it (our own usage chunk)."""
-        self.events += 1
         if event.startswith(DONE[:12]) and event_data(event) == b"[DONE]":
             self.done = True
             return event
@@ -111,7 +133,7 @@ class ChatStream:
 
     def chunks(self) -> list[dict[str, Any]]:
         out = []
-        for event in self.kept:
+        for event in _events(self.kept):
             data = event_data(event)
             if data and data != b"[DONE]":
                 payload = json.loads(data)
@@ -305,7 +327,6 @@ class ResponsesStream:
         "overflow",
         "done",
         "completed",
-        "events",
     )
 
     def __init__(self) -> None:
@@ -316,10 +337,27 @@ class ResponsesStream:
         self.kept_bytes = 0
         self.overflow = False
         self.done = False
-        self.events = 0
+
+    def take_whole(self, events: bytes) -> bool:
+        """As `ChatStream.take_whole`: complete events with no terminal one among them."""
+        for name in _TERMINAL_RESPONSE_EVENTS:
+            if events.find(name) != -1:
+                return False
+        if events.find(b"delta") != -1:
+            self._keep(events)
+        return True
+
+    def _keep(self, events: bytes) -> None:
+        if self.overflow:
+            return
+        self.kept_bytes += len(events)
+        if self.kept_bytes > MAX_KEPT_BYTES:
+            self.overflow = True
+            self.kept = []
+        else:
+            self.kept.append(events)
 
     def process(self, event: bytes) -> bytes:
-        self.events += 1
         name = event_name(event)
         if name in _TERMINAL_RESPONSE_EVENTS:
             payload = json.loads(event_data(event))
@@ -331,20 +369,17 @@ class ResponsesStream:
             self.done = True
             self.completed = name == b"response.completed"
             return event
-        if name.find(b"delta") != -1 and not self.overflow:
-            self.kept_bytes += len(event)
-            if self.kept_bytes > MAX_KEPT_BYTES:
-                self.overflow = True
-                self.kept = []
-            else:
-                self.kept.append(event)
+        if name.find(b"delta") != -1:
+            self._keep(event)
         return event
 
     def output_estimate(self) -> int | None:
         if self.overflow:
             return None
         total = 0
-        for event in self.kept:
+        for event in _events(self.kept):
+            if event_name(event).find(b"delta") == -1:
+                continue
             payload = json.loads(event_data(event))
             delta = payload.get("delta")
             if isinstance(delta, str) and delta:

@@ -150,8 +150,8 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.closed = False
         self.busy = False  # between writing a request and handing the connection back
-        # Takes the body as it arrives, inside data_received (see Response.pipe).
-        self.sink: Callable[[], None] | None = None
+        # Takes each piece of the body as llhttp yields it (see Response.pipe).
+        self.sink: Callable[[bytes], bool] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -182,9 +182,6 @@ class _Connection(asyncio.Protocol):
             self._fail(BadResponse(f"the provider's answer is not valid HTTP ({exc})"))
             self.close()
             return
-        sink = self.sink
-        if sink is not None and self.buffered:
-            sink()
         if self.buffered > MAX_BUFFERED and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -235,6 +232,11 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.complete:
+            return
+        sink = self.sink
+        if sink is not None:
+            if not sink(body):
+                self.sink = None  # later pieces wait in the buffer; data_received wakes
             return
         self.body.append(body)
         self.buffered += len(body)
@@ -383,27 +385,24 @@ class Response:
         keeping up, or it failed): the pipe stops, `piped()` returns, and later pieces
         wait in the buffer (reading pauses beyond `MAX_BUFFERED`) until `pipe` is called
         again."""
-        self._sink = sink
-        self._conn.sink = self._piped
-        if self._conn.buffered:
-            self._piped()
-
-    def _piped(self) -> None:
         conn = self._conn
-        sink = self._sink
-        if sink is None or self._released:
-            conn.sink = None
+        if self._released:
             return
+        self._sink = sink
+        if conn.buffered and not self._decoded(conn.take_body()):
+            conn._wake()
+            return
+        # Uncompressed, each piece goes from llhttp's callback straight to the sink.
+        conn.sink = sink if self._decoder is None else self._decoded
+
+    def _decoded(self, body: bytes) -> bool:
         try:
-            data = self._decode(conn.take_body(), final=False)
+            data = self._decode(body, final=False)
         except BadResponse as exc:
-            conn._fail(exc)
-            conn.sink = None
-            conn._wake()
-            return
-        if data and not sink(data):
-            conn.sink = None
-            conn._wake()
+            self._conn._fail(exc)
+            return False
+        sink = self._sink
+        return not data or sink is None or sink(data)
 
     async def piped(self) -> None:
         """Wait while the pipe runs: until the sink stops it, or the body ends, fails or is

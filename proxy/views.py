@@ -68,6 +68,11 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
+try:
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle as _UvicornCycle
+except ImportError:  # another ASGI server: every event goes through `send`
+    _UvicornCycle = None
+
 _UNKNOWN = object()
 _JSON = b"application/json"
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
@@ -856,6 +861,7 @@ class _EventRelay:
 
     __slots__ = (
         "send",
+        "cycle",
         "state",
         "loop",
         "splitter",
@@ -869,6 +875,7 @@ class _EventRelay:
         self, send: Send, state: ChatStream | ResponsesStream, loop: asyncio.AbstractEventLoop
     ) -> None:
         self.send = send
+        self.cycle: Any = None  # see `write_directly`
         self.state = state
         self.loop = loop
         self.splitter = SseSplitter()
@@ -882,18 +889,26 @@ class _EventRelay:
         the client, or something failed)."""
         try:
             state = self.state
-            out = []
-            for event in self.splitter.feed(data):
-                forward = state.process(event)
-                if forward is None:
-                    continue
-                if state.done:
-                    self.held.append(forward)
-                else:
-                    out.append(forward)
-            if not out:
+            if data.endswith(b"\n\n") and self.splitter.holds_nothing() and state.take_whole(data):
+                body = data  # whole events, forwarded as they came
+            else:
+                out = []
+                for event in self.splitter.feed(data):
+                    forward = state.process(event)
+                    if forward is None:
+                        continue
+                    if state.done:
+                        self.held.append(forward)
+                    else:
+                        out.append(forward)
+                if not out:
+                    return True
+                body = out[0] if len(out) == 1 else b"".join(out)
+            cycle = self.cycle
+            if cycle is not None and not cycle.flow.write_paused and not cycle.disconnected:
+                # What uvicorn's `send` does for a body piece of a chunked response.
+                cycle.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
                 return True
-            body = out[0] if len(out) == 1 else b"".join(out)
             message = {"type": "http.response.body", "body": body, "more_body": True}
             sending = self.send(message).__await__()
             try:
@@ -906,6 +921,25 @@ class _EventRelay:
         except Exception as exc:
             self.error = exc
             return False
+
+    def write_directly(self) -> None:
+        """Once the response has started: write events to the client's transport without
+        a coroutine each, when the server is uvicorn (httptools, the production setting)
+        and the response is chunked.
+
+        The ASGI `send` of an event (a coroutine, run by hand, that frames the piece and
+        writes it) was a quarter of relaying it. Whenever uvicorn would make `send` wait
+        (the client is not reading: writing is paused) or skip it (the client is gone),
+        the event goes through `send` as before; the end of the response always does."""
+        cycle = getattr(self.send, "__self__", None)
+        if (
+            _UvicornCycle is not None
+            and type(cycle) is _UvicornCycle
+            and cycle.chunked_encoding is True
+            and cycle.response_started
+            and not cycle.response_complete
+        ):
+            self.cycle = cycle
 
     async def finish_send(self) -> None:
         if self.pending is None:
@@ -1010,6 +1044,7 @@ async def relay_stream(
             resp.headers.get("Content-Type", "text/event-stream").encode("latin-1"),
             [*_SSE_HEADERS, *_passthrough_headers(resp.headers)],
         )
+        relay.write_directly()
         watch = asyncio.ensure_future(ex.receive())
         watch.add_done_callback(on_receive)
         if send_timeout > 0:

@@ -1,0 +1,202 @@
+"""The stream relay (`_EventRelay.take`): whatever way the provider's bytes are cut into
+reads, the client gets the same events, the usage is captured and the final event waits
+for the settle; and under uvicorn, events go straight to the client's transport unless
+uvicorn would have made the send wait."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import pytest
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from proxy.sse import ChatStream, ResponsesStream, SseSplitter, responses_replay
+from proxy.views import _EventRelay
+
+USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+def chat_events(*, crlf_from: int | None = None) -> list[bytes]:
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    words = ["Hel", "lo", " the", 're "usage": {} and [DONE]', " end"]
+    payloads: list[dict[str, Any]] = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        *({**base, "choices": [{"index": 0, "delta": {"content": w}}]} for w in words),
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    events = [b"data: " + json.dumps({**p, "usage": None}).encode() + b"\n\n" for p in payloads]
+    events.append(
+        b"data: " + json.dumps({**base, "choices": [], "usage": USAGE}).encode() + b"\n\n"
+    )
+    events.append(b"data: [DONE]\n\n")
+    if crlf_from is not None:
+        events[crlf_from:] = [e.replace(b"\n", b"\r\n") for e in events[crlf_from:]]
+    return events
+
+
+class Sent:
+    """An ASGI send that finishes at once and records the bodies."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        self.bodies.append(message["body"])
+
+
+def relay_all(reads: list[bytes], state: ChatStream | ResponsesStream) -> tuple[bytes, _EventRelay]:
+    sent = Sent()
+    relay = _EventRelay(sent, state, asyncio.new_event_loop())
+    for data in reads:
+        assert relay.take(data) is True and relay.error is None
+    return b"".join(sent.bodies), relay
+
+
+def cuts(stream: bytes, events: list[bytes]) -> dict[str, list[bytes]]:
+    """The same bytes read in several ways a network may cut them."""
+    return {
+        "one event a read": events,
+        "all at once": [stream],
+        "two events a read": [b"".join(events[i : i + 2]) for i in range(0, len(events), 2)],
+        "7 bytes a read": [stream[i : i + 7] for i in range(0, len(stream), 7)],
+        "cut before blank line": [stream[: len(events[0]) - 1], stream[len(events[0]) - 1 :]],
+    }
+
+
+@pytest.mark.parametrize("crlf_from", [None, 0, 3])
+@pytest.mark.parametrize("strip_usage", [True, False])
+def test_every_cut_of_a_chat_stream_relays_the_same_events(
+    crlf_from: int | None, strip_usage: bool
+) -> None:
+    events = chat_events(crlf_from=crlf_from)
+    stream = b"".join(events)
+    results = {}
+    for how, reads in cuts(stream, events).items():
+        state = ChatStream(strip_usage=strip_usage)
+        forwarded, relay = relay_all(reads, state)
+        assert state.usage == USAGE, how
+        assert state.done and relay.held == [b"data: [DONE]\n\n"], how  # waits for the settle
+        results[how] = (forwarded.replace(b"\r\n", b"\n"), state.chunks(), state.output_estimate())
+    forwarded, chunks, estimate = results["one event a read"]
+    assert all(r == results["one event a read"] for r in results.values())
+    assert (b'"usage": {"prompt' in forwarded) is not strip_usage  # our usage chunk: stripped
+    assert forwarded.count(b"data: ") == len(events) - 1 - strip_usage  # all but [DONE]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == 'Hello there "usage": {} and [DONE] end'
+    assert estimate == len(text.encode())
+
+
+def test_every_cut_of_a_responses_stream_relays_the_same_events() -> None:
+    full = {
+        "id": "r1",
+        "object": "response",
+        "status": "completed",
+        "output": [
+            {
+                "id": "m1",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "Hi there", "annotations": []}],
+            }
+        ],
+        "usage": {"input_tokens": 1, "output_tokens": 2},
+    }
+    events = responses_replay(full)
+    stream = b"".join(events)
+    for how, reads in cuts(stream, events).items():
+        state = ResponsesStream()
+        forwarded, relay = relay_all(reads, state)
+        assert forwarded == b"".join(events[:-1]), how
+        assert relay.held == [events[-1]] and state.completed and state.usage == full["usage"]
+        assert state.output_estimate() == len(b"Hi there"), how
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def uvicorn_cycle(transport: Transport) -> RequestResponseCycle:
+    return RequestResponseCycle(
+        scope={"type": "http", "method": "POST", "http_version": "1.1"},  # type: ignore[typeddict-item]
+        transport=transport,  # type: ignore[arg-type]
+        flow=FlowControl(transport),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test"),
+        access_log=False,
+        default_headers=[],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=True,
+        on_response=lambda: None,
+    )
+
+
+def test_under_uvicorn_events_go_to_the_transport_unless_the_client_lags() -> None:
+    async def main() -> None:
+        transport = Transport()
+        cycle = uvicorn_cycle(transport)
+        await cycle.send({"type": "http.response.start", "status": 200, "headers": []})
+        relay = _EventRelay(cycle.send, ChatStream(strip_usage=True), asyncio.get_running_loop())
+        relay.write_directly()
+        assert relay.cycle is cycle
+        first, second, third = chat_events()[:3]
+
+        assert relay.take(first) is True
+        assert transport.written[-1] == b"%x\r\n%s\r\n" % (len(first), first)  # uvicorn's framing
+
+        cycle.flow.pause_writing()  # the client's socket buffer is full
+        assert relay.take(second) is False and relay.pending is not None
+        assert transport.written[-1] != b"%x\r\n%s\r\n" % (len(second), second)
+        finishing = asyncio.ensure_future(relay.finish_send())
+        await asyncio.sleep(0)
+        assert not finishing.done()  # uvicorn's send waits for the drain
+        cycle.flow.resume_writing()
+        await finishing
+        assert transport.written[-1] == b"%x\r\n%s\r\n" % (len(second), second)
+
+        cycle.disconnected = True  # gone: uvicorn's send drops the bytes, and so do we
+        written = len(transport.written)
+        assert relay.take(third) is True and len(transport.written) == written
+
+    asyncio.run(main())
+
+
+def test_a_response_that_is_not_chunked_is_never_written_around_send() -> None:
+    async def main() -> None:
+        cycle = uvicorn_cycle(Transport())
+        headers = [(b"content-length", b"100")]
+        await cycle.send({"type": "http.response.start", "status": 200, "headers": headers})
+        relay = _EventRelay(cycle.send, ChatStream(strip_usage=True), asyncio.get_running_loop())
+        relay.write_directly()
+        assert relay.cycle is None
+
+        other = _EventRelay(Sent(), ChatStream(strip_usage=True), asyncio.get_running_loop())
+        other.write_directly()  # another server's send
+        assert other.cycle is None
+
+    asyncio.run(main())
+
+
+def test_the_splitter_is_left_empty_by_whole_events() -> None:
+    splitter = SseSplitter()
+    assert splitter.feed(b"data: 1\n\ndata: 2") == [b"data: 1\n\n"]
+    assert not splitter.holds_nothing()
+    assert splitter.feed(b"\n\n") == [b"data: 2\n\n"] and splitter.holds_nothing()
+    # CRLF line ends, the blank line cut between two reads
+    assert splitter.feed(b"data: 3\r\n\r") == []
+    assert splitter.feed(b"\ndata: 4\r\n\r\n") == [b"data: 3\n\n", b"data: 4\n\n"]
