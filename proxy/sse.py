@@ -24,24 +24,21 @@ MAX_KEPT_BYTES = 4 * 1024 * 1024
 class SseSplitter:
     """Cuts a byte stream into complete events (each ending in a blank line)."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("partial",)
 
     def __init__(self) -> None:
-        self._buf = b""
+        self.partial = b""  # the start of an event whose end has not arrived
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        buf = self._buf + chunk if self._buf else chunk
+        buf = self.partial + chunk if self.partial else chunk
         if buf.find(b"\r") != -1:  # CRLF line ends, even one cut between two reads
             buf = buf.replace(b"\r\n", b"\n")
         parts = buf.split(b"\n\n")
-        self._buf = parts.pop()
+        self.partial = parts.pop()
         return [p + b"\n\n" for p in parts if p]
 
-    def holds_nothing(self) -> bool:
-        return not self._buf
-
     def rest(self) -> bytes:
-        rest, self._buf = self._buf, b""
+        rest, self.partial = self.partial, b""
         return rest
 
 

@@ -889,7 +889,7 @@ class _EventRelay:
         the client, or something failed)."""
         try:
             state = self.state
-            if data.endswith(b"\n\n") and self.splitter.holds_nothing() and state.take_whole(data):
+            if data.endswith(b"\n\n") and not self.splitter.partial and state.take_whole(data):
                 body = data  # whole events, forwarded as they came
             else:
                 out = []

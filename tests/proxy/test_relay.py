@@ -192,11 +192,11 @@ def test_a_response_that_is_not_chunked_is_never_written_around_send() -> None:
     asyncio.run(main())
 
 
-def test_the_splitter_is_left_empty_by_whole_events() -> None:
+def test_the_splitter_keeps_an_unfinished_event_for_the_next_read() -> None:
     splitter = SseSplitter()
     assert splitter.feed(b"data: 1\n\ndata: 2") == [b"data: 1\n\n"]
-    assert not splitter.holds_nothing()
-    assert splitter.feed(b"\n\n") == [b"data: 2\n\n"] and splitter.holds_nothing()
+    assert splitter.partial == b"data: 2"
+    assert splitter.feed(b"\n\n") == [b"data: 2\n\n"] and not splitter.partial
     # CRLF line ends, the blank line cut between two reads
     assert splitter.feed(b"data: 3\r\n\r") == []
     assert splitter.feed(b"\ndata: 4\r\n\r\n") == [b"data: 3\n\n", b"data: 4\n\n"]
