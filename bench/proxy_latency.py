@@ -199,10 +199,23 @@ def compare(
     return row
 
 
-def per_event_slope(short: Run, long: Run) -> float:
-    """µs of CPU per event: the extra CPU of a 90-event stream over a 24-event one."""
-    per_short = short.cpu_s / max(short.requests, 1)
-    per_long = long.cpu_s / max(long.requests, 1)
+def idle_cpu_per_second(pids: list[int], seconds: float) -> float:
+    """CPU seconds per second the processes spend serving nothing.
+
+    uvicorn's main loop wakes ten times a second and its supervisor pings each worker
+    twice a second: about 8 ms of CPU a second per worker on this VM, whatever the load.
+    Runs of equal length with fewer, longer streams spread that over fewer requests, which
+    the slope below would count as CPU per event (at 1 connection, most of it)."""
+    before = cpu_seconds(pids)
+    time.sleep(seconds)
+    return (cpu_seconds(pids) - before) / seconds
+
+
+def per_event_slope(short: Run, long: Run, idle: float = 0.0) -> float:
+    """µs of CPU per event: the extra CPU of a 90-event stream over a 24-event one, less
+    `idle` CPU seconds per second of each run when given (see `idle_cpu_per_second`)."""
+    per_short = (short.cpu_s - idle * short.seconds) / max(short.requests, 1)
+    per_long = (long.cpu_s - idle * long.seconds) / max(long.requests, 1)
     return 1e6 * (per_long - per_short) / (EVENTS_PER_LONG_STREAM - EVENTS_PER_STREAM)
 
 
@@ -220,6 +233,7 @@ def bare_relay_slopes(
         wait_for_port(port)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         pids = [p.pid for p in procs]
+        idle = idle_cpu_per_second(pids, seconds)
         for conns in (1, 32):
             short = wrk(url, STREAM, headers, conns=conns, seconds=seconds, pids=pids)
             long = wrk(url, LONG_STREAM, headers, conns=conns, seconds=seconds, pids=pids)
@@ -227,6 +241,7 @@ def bare_relay_slopes(
                 {
                     "case": f"bare uvloop byte relay, {workers} processes, paced streams, {conns} conn",
                     "relay CPU µs/event (slope, 24 vs 90 events)": f"{per_event_slope(short, long):.1f}",
+                    "relay idle CPU ms/s": f"{1000 * idle:.1f}",
                     "relay CPU µs/event (all of it, 24-event streams)": f"{1e6 * short.cpu_s / max(short.requests * EVENTS_PER_STREAM, 1):.1f}",
                     "load": long.load,
                 }
@@ -277,6 +292,8 @@ def main() -> None:
         wrk(chat_proxy, PLAIN, {**proxy_h, **off}, conns=4, seconds=2, pids=pids)
         wrk(chat_direct, PLAIN, direct_h, conns=4, seconds=2, pids=pids)
 
+        idle = idle_cpu_per_second(pids, s)
+        report({"case": "idle workers", "proxy CPU ms/s": f"{1000 * idle:.1f}", "load": load()})
         plain_cpu = {}
         for conns in (1, 32):
             d = wrk(chat_direct, PLAIN, direct_h, conns=conns, seconds=s, pids=pids)
@@ -314,6 +331,7 @@ def main() -> None:
                 {
                     "case": f"paced streams of {EVENTS_PER_STREAM} and {EVENTS_PER_LONG_STREAM} events, {conns} conn",
                     "proxy CPU µs/event (slope)": f"{per_event_slope(p, long):.1f}",
+                    "the same less idle CPU": f"{per_event_slope(p, long, idle):.1f}",
                     "proxy CPU ms/stream, 24 / 90 events": f"{1000 * p.cpu_s / max(p.requests, 1):.3f} / {1000 * long.cpu_s / max(long.requests, 1):.3f}",
                     "errors": long.errors,
                     "load": long.load,

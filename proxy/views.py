@@ -68,10 +68,13 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
+_UVICORN_CYCLE: type | None
 try:
-    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle as _UvicornCycle
-except ImportError:  # another ASGI server: every event goes through `send`
-    _UvicornCycle = None
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    _UVICORN_CYCLE = RequestResponseCycle
+except ImportError:  # no httptools: every event goes through `send`
+    _UVICORN_CYCLE = None
 
 _UNKNOWN = object()
 _JSON = b"application/json"
@@ -931,13 +934,17 @@ class _EventRelay:
         writes it) was a quarter of relaying it. Whenever uvicorn would make `send` wait
         (the client is not reading: writing is paused) or skip it (the client is gone),
         the event goes through `send` as before; the end of the response always does."""
-        cycle = getattr(self.send, "__self__", None)
+        cycle: Any = getattr(self.send, "__self__", None)
         if (
-            _UvicornCycle is not None
-            and type(cycle) is _UvicornCycle
-            and cycle.chunked_encoding is True
-            and cycle.response_started
-            and not cycle.response_complete
+            _UVICORN_CYCLE is not None
+            and type(cycle) is _UVICORN_CYCLE
+            # What `take` reads, as uvicorn names it: another version that renamed any
+            # of it gets every event through `send` instead of a failed stream.
+            and all(hasattr(cycle, name) for name in ("flow", "disconnected", "transport"))
+            and hasattr(cycle.flow, "write_paused")
+            and getattr(cycle, "chunked_encoding", None) is True
+            and getattr(cycle, "response_started", False)
+            and not getattr(cycle, "response_complete", True)
         ):
             self.cycle = cycle
 
