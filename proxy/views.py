@@ -934,14 +934,15 @@ class _EventRelay:
         writes it) was a quarter of relaying it. Whenever uvicorn would make `send` wait
         (the client is not reading: writing is paused) or skip it (the client is gone),
         the event goes through `send` as before; the end of the response always does."""
-        cycle: Any = getattr(self.send, "__self__", None)
+        cycle = getattr(self.send, "__self__", None)
         if (
             _UVICORN_CYCLE is not None
             and type(cycle) is _UVICORN_CYCLE
             # What `take` reads, as uvicorn names it: another version that renamed any
             # of it gets every event through `send` instead of a failed stream.
-            and all(hasattr(cycle, name) for name in ("flow", "disconnected", "transport"))
-            and hasattr(cycle.flow, "write_paused")
+            and hasattr(cycle, "disconnected")
+            and hasattr(cycle, "transport")
+            and hasattr(getattr(cycle, "flow", None), "write_paused")
             and getattr(cycle, "chunked_encoding", None) is True
             and getattr(cycle, "response_started", False)
             and not getattr(cycle, "response_complete", True)
