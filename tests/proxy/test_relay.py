@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -50,10 +52,21 @@ class Sent:
 
 def relay_all(reads: list[bytes], state: ChatStream | ResponsesStream) -> tuple[bytes, _EventRelay]:
     sent = Sent()
-    relay = _EventRelay(sent, state, asyncio.new_event_loop())
-    for data in reads:
-        assert relay.take(data) is True and relay.error is None
+    loop = asyncio.new_event_loop()  # for its clock only: every send here finishes at once
+    try:
+        relay = _EventRelay(sent, state, loop)
+        for data in reads:
+            assert relay.take(data) is True and relay.error is None
+    finally:
+        loop.close()
     return b"".join(sent.bodies), relay
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    """In a thread of its own: the browser tests' Playwright keeps a loop running in the
+    main thread for the whole session."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
 
 
 def cuts(stream: bytes, events: list[bytes]) -> dict[str, list[bytes]]:
@@ -173,7 +186,7 @@ def test_under_uvicorn_events_go_to_the_transport_unless_the_client_lags() -> No
         written = len(transport.written)
         assert relay.take(third) is True and len(transport.written) == written
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_a_response_that_is_not_chunked_is_never_written_around_send() -> None:
@@ -189,7 +202,7 @@ def test_a_response_that_is_not_chunked_is_never_written_around_send() -> None:
         other.write_directly()  # another server's send
         assert other.cycle is None
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_the_splitter_keeps_an_unfinished_event_for_the_next_read() -> None:
