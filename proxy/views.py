@@ -892,7 +892,12 @@ class _EventRelay:
         the client, or something failed)."""
         try:
             state = self.state
-            if data.endswith(b"\n\n") and not self.splitter.partial and state.take_whole(data):
+            if (
+                not state.done  # anything after the final event waits with it
+                and data.endswith(b"\n\n")
+                and not self.splitter.partial
+                and state.take_whole(data)
+            ):
                 body = data  # whole events, forwarded as they came
             else:
                 out = []

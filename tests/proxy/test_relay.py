@@ -103,6 +103,14 @@ def test_every_cut_of_a_chat_stream_relays_the_same_events(
     assert estimate == len(text.encode())
 
 
+def test_what_follows_the_final_event_waits_with_it() -> None:
+    events = chat_events()
+    stray = b'data: {"choices":[{"index":0,"delta":{"content":"late"}}]}\n\n'
+    forwarded, relay = relay_all([*events, stray], ChatStream(strip_usage=True))
+    assert relay.held == [b"data: [DONE]\n\n", stray]  # sent after the settle, in order
+    assert b"late" not in forwarded
+
+
 def test_every_cut_of_a_responses_stream_relays_the_same_events() -> None:
     full = {
         "id": "r1",
