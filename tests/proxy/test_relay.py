@@ -22,7 +22,7 @@ from proxy.views import _EventRelay
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
 
 
-def chat_events(*, crlf_from: int | None = None) -> list[bytes]:
+def chat_events(*, crlf_from: int | None = None, crlf_until: int = 99) -> list[bytes]:
     base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
     words = ["Hel", "lo", " the", 're "usage": {} and [DONE]', " end"]
     payloads: list[dict[str, Any]] = [
@@ -30,13 +30,17 @@ def chat_events(*, crlf_from: int | None = None) -> list[bytes]:
         *({**base, "choices": [{"index": 0, "delta": {"content": w}}]} for w in words),
         {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
     ]
+    # A nested "usage" object (not the chunk's own) sends its read the long way round.
+    payloads[3]["x_meta"] = {"usage": {"n": 1}}
     events = [b"data: " + json.dumps({**p, "usage": None}).encode() + b"\n\n" for p in payloads]
     events.append(
         b"data: " + json.dumps({**base, "choices": [], "usage": USAGE}).encode() + b"\n\n"
     )
     events.append(b"data: [DONE]\n\n")
     if crlf_from is not None:
-        events[crlf_from:] = [e.replace(b"\n", b"\r\n") for e in events[crlf_from:]]
+        events[crlf_from:crlf_until] = [
+            e.replace(b"\n", b"\r\n") for e in events[crlf_from:crlf_until]
+        ]
     return events
 
 
@@ -80,12 +84,15 @@ def cuts(stream: bytes, events: list[bytes]) -> dict[str, list[bytes]]:
     }
 
 
-@pytest.mark.parametrize("crlf_from", [None, 0, 3])
+@pytest.mark.parametrize(
+    ("crlf_from", "crlf_until"),
+    [(None, 99), (0, 99), (3, 99), (0, 3)],  # LF; CRLF; LF then CRLF; CRLF then LF
+)
 @pytest.mark.parametrize("strip_usage", [True, False])
 def test_every_cut_of_a_chat_stream_relays_the_same_events(
-    crlf_from: int | None, strip_usage: bool
+    crlf_from: int | None, crlf_until: int, strip_usage: bool
 ) -> None:
-    events = chat_events(crlf_from=crlf_from)
+    events = chat_events(crlf_from=crlf_from, crlf_until=crlf_until)
     stream = b"".join(events)
     results = {}
     for how, reads in cuts(stream, events).items():
@@ -175,13 +182,22 @@ def test_under_uvicorn_events_go_to_the_transport_unless_the_client_lags() -> No
         relay = _EventRelay(cycle.send, ChatStream(strip_usage=True), asyncio.get_running_loop())
         relay.write_directly()
         assert relay.cycle is cycle
+        sends: list[dict[str, Any]] = []
+
+        def counted(message: dict[str, Any]) -> Any:
+            sends.append(message)
+            return cycle.send(message)
+
+        relay.send = counted
         first, second, third = chat_events()[:3]
 
         assert relay.take(first) is True
         assert transport.written[-1] == b"%x\r\n%s\r\n" % (len(first), first)  # uvicorn's framing
+        assert sends == []  # written without a send
 
         cycle.flow.pause_writing()  # the client's socket buffer is full
         assert relay.take(second) is False and relay.pending is not None
+        assert [m["body"] for m in sends] == [second]
         assert transport.written[-1] != b"%x\r\n%s\r\n" % (len(second), second)
         finishing = asyncio.ensure_future(relay.finish_send())
         await asyncio.sleep(0)
