@@ -35,7 +35,9 @@ class SseSplitter:
             buf = buf.replace(b"\r\n", b"\n")
         parts = buf.split(b"\n\n")
         self.partial = parts.pop()
-        return [p + b"\n\n" for p in parts if p]
+        # Extra blank lines between events are allowed (and ignored) in SSE: an event must
+        # not start with them, or "data: [DONE]" and "event: ..." would go unrecognised.
+        return [event + b"\n\n" for p in parts if (event := p.lstrip(b"\n"))]
 
     def rest(self) -> bytes:
         rest, self.partial = self.partial, b""

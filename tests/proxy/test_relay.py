@@ -237,3 +237,16 @@ def test_the_splitter_keeps_an_unfinished_event_for_the_next_read() -> None:
     # CRLF line ends, the blank line cut between two reads
     assert splitter.feed(b"data: 3\r\n\r") == []
     assert splitter.feed(b"\ndata: 4\r\n\r\n") == [b"data: 3\n\n", b"data: 4\n\n"]
+
+
+def test_extra_blank_lines_between_events_do_not_hide_the_final_one() -> None:
+    events = chat_events()
+    stream = b"\n".join(events)  # a blank line more between every two events
+    for reads in ([stream], [e + b"\n" for e in events]):
+        forwarded, relay = relay_all(reads, ChatStream(strip_usage=True))
+        assert relay.held == [b"data: [DONE]\n\n"] and relay.state.usage == USAGE
+    full = {"id": "r1", "object": "response", "status": "completed", "output": []}
+    replay = responses_replay({**full, "usage": {"input_tokens": 1, "output_tokens": 0}})
+    forwarded, relay = relay_all([b"\n".join(replay)], ResponsesStream())
+    assert relay.held == [replay[-1]] and isinstance(relay.state, ResponsesStream)
+    assert relay.state.completed
