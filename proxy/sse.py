@@ -75,17 +75,37 @@ def _has_usage_object(event: bytes) -> bool:
     return False
 
 
-class ChatStream:
-    """State of one relayed chat-completions stream."""
+class _KeptEvents:
+    """The events of a stream kept for after it (its cache entry, or the estimate of a
+    disconnect): whole events, one or several to an item, up to `MAX_KEPT_BYTES`."""
 
-    __slots__ = ("strip_usage", "usage", "kept", "kept_bytes", "overflow", "done")
+    __slots__ = ("kept", "kept_bytes", "overflow")
 
-    def __init__(self, *, strip_usage: bool) -> None:
-        self.strip_usage = strip_usage
-        self.usage: dict[str, Any] | None = None
-        self.kept: list[bytes] = []  # whole events, one or several to an item
+    def __init__(self) -> None:
+        self.kept: list[bytes] = []
         self.kept_bytes = 0
         self.overflow = False
+
+    def _keep(self, events: bytes) -> None:
+        if self.overflow:
+            return
+        self.kept_bytes += len(events)
+        if self.kept_bytes > MAX_KEPT_BYTES:
+            self.overflow = True
+            self.kept = []
+        else:
+            self.kept.append(events)
+
+
+class ChatStream(_KeptEvents):
+    """State of one relayed chat-completions stream."""
+
+    __slots__ = ("strip_usage", "usage", "done")
+
+    def __init__(self, *, strip_usage: bool) -> None:
+        super().__init__()
+        self.strip_usage = strip_usage
+        self.usage: dict[str, Any] | None = None
         self.done = False
 
     def take_whole(self, events: bytes) -> bool:
@@ -119,16 +139,6 @@ class ChatStream:
             return event
         self._keep(event)
         return event
-
-    def _keep(self, event: bytes) -> None:
-        if self.overflow:
-            return
-        self.kept_bytes += len(event)
-        if self.kept_bytes > MAX_KEPT_BYTES:
-            self.overflow = True
-            self.kept = []
-            return
-        self.kept.append(event)
 
     def chunks(self) -> list[dict[str, Any]]:
         out = []
@@ -315,26 +325,16 @@ def chat_replay(full: dict[str, Any], *, include_usage: bool) -> list[bytes]:
 _TERMINAL_RESPONSE_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
 
 
-class ResponsesStream:
+class ResponsesStream(_KeptEvents):
     """State of one relayed Responses API stream (usage comes in the terminal event)."""
 
-    __slots__ = (
-        "usage",
-        "response",
-        "kept",
-        "kept_bytes",
-        "overflow",
-        "done",
-        "completed",
-    )
+    __slots__ = ("usage", "response", "done", "completed")
 
     def __init__(self) -> None:
+        super().__init__()
         self.usage: dict[str, Any] | None = None
         self.response: dict[str, Any] | None = None
         self.completed = False
-        self.kept: list[bytes] = []
-        self.kept_bytes = 0
-        self.overflow = False
         self.done = False
 
     def take_whole(self, events: bytes) -> bool:
@@ -345,16 +345,6 @@ class ResponsesStream:
         if events.find(b"delta") != -1:
             self._keep(events)
         return True
-
-    def _keep(self, events: bytes) -> None:
-        if self.overflow:
-            return
-        self.kept_bytes += len(events)
-        if self.kept_bytes > MAX_KEPT_BYTES:
-            self.overflow = True
-            self.kept = []
-        else:
-            self.kept.append(events)
 
     def process(self, event: bytes) -> bytes:
         name = event_name(event)
