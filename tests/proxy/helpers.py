@@ -33,3 +33,22 @@ def ledger_totals(account: Account) -> tuple[int, int]:
     status = cap_status(account=account)
     assert status, "the account needs a cap for its counters to be read"
     return status[0].spent_micros, status[0].reserved_micros
+
+
+def completed_response() -> dict[str, Any]:
+    """A finished Responses API answer with one message ("Hi there") and its usage."""
+    return {
+        "id": "r1",
+        "object": "response",
+        "status": "completed",
+        "output": [
+            {
+                "id": "m1",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "Hi there", "annotations": []}],
+            }
+        ],
+        "usage": {"input_tokens": 1, "output_tokens": 2},
+    }

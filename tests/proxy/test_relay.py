@@ -18,6 +18,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from proxy.sse import ChatStream, ResponsesStream, SseSplitter, responses_replay
 from proxy.views import _EventRelay
+from tests.proxy.helpers import completed_response
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
 
@@ -119,21 +120,7 @@ def test_what_follows_the_final_event_waits_with_it() -> None:
 
 
 def test_every_cut_of_a_responses_stream_relays_the_same_events() -> None:
-    full = {
-        "id": "r1",
-        "object": "response",
-        "status": "completed",
-        "output": [
-            {
-                "id": "m1",
-                "type": "message",
-                "role": "assistant",
-                "status": "completed",
-                "content": [{"type": "output_text", "text": "Hi there", "annotations": []}],
-            }
-        ],
-        "usage": {"input_tokens": 1, "output_tokens": 2},
-    }
+    full = completed_response()
     events = responses_replay(full)
     stream = b"".join(events)
     for how, reads in cuts(stream, events).items():

@@ -17,6 +17,7 @@ from proxy.sse import (
     responses_replay,
 )
 from proxy.validation import parse_chat, parse_embeddings, parse_responses
+from tests.proxy.helpers import completed_response
 
 
 def chat_body(**extra: object) -> bytes:
@@ -165,21 +166,7 @@ def test_a_chat_stream_takes_the_usage_only_from_a_usage_object() -> None:
 
 
 def test_responses_replay_is_a_valid_event_sequence() -> None:
-    full = {
-        "id": "r1",
-        "object": "response",
-        "status": "completed",
-        "output": [
-            {
-                "id": "m1",
-                "type": "message",
-                "role": "assistant",
-                "status": "completed",
-                "content": [{"type": "output_text", "text": "Hi there", "annotations": []}],
-            }
-        ],
-        "usage": {"input_tokens": 1, "output_tokens": 2},
-    }
+    full = completed_response()
     events = responses_replay(full)
     state = ResponsesStream()
     for event in events:
