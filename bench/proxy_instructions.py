@@ -34,7 +34,13 @@ from bench._harness import (  # noqa: E402
     start_fake,
     stop,
 )
-from bench.proxy_latency import PLAIN, STREAM  # noqa: E402
+from bench.proxy_latency import (  # noqa: E402
+    EVENTS_PER_LONG_STREAM,
+    EVENTS_PER_STREAM,
+    LONG_STREAM,
+    PLAIN,
+    STREAM,
+)
 
 
 def total_ir(path: str) -> int:
@@ -81,7 +87,11 @@ def outer(args: argparse.Namespace) -> None:
         }
         print(json.dumps(row), flush=True)
     if args.paced:
-        per_event = (irs["long-stream"] - irs["stream"]) / args.requests / (90 - 24)
+        per_event = (
+            (irs["long-stream"] - irs["stream"])
+            / args.requests
+            / (EVENTS_PER_LONG_STREAM - EVENTS_PER_STREAM)
+        )
         print(json.dumps({"case": "paced, per event (slope)", "Ir/event": round(per_event)}))
 
 
@@ -101,7 +111,7 @@ def inner(label: str, requests: int, paced: bool) -> None:
 
         from proxy.app import v1_app
 
-        payload = {"plain": PLAIN, "stream": STREAM, "long-stream": {**STREAM, "n": 4}}[label]
+        payload = {"plain": PLAIN, "stream": STREAM, "long-stream": LONG_STREAM}[label]
         body = json.dumps(payload).encode()
         # Paced: one event every 5 ms, so each arrives on its own, as from a model.
         pacing = [(b"x-fake-delay-ms", b"5"), (b"x-fake-stream-delay-only", b"1")]

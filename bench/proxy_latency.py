@@ -203,7 +203,7 @@ def idle_cpu_per_second(pids: list[int], seconds: float) -> float:
     """CPU seconds per second the processes spend serving nothing.
 
     uvicorn's main loop wakes ten times a second and its supervisor pings each worker
-    twice a second: about 8 ms of CPU a second per worker on this VM, whatever the load.
+    twice a second: 6–11 ms of CPU a second per worker on this VM when idle.
     Runs of equal length with fewer, longer streams spread that over fewer requests, which
     the slope below would count as CPU per event (at 1 connection, most of it)."""
     before = cpu_seconds(pids)

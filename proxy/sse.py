@@ -39,10 +39,6 @@ class SseSplitter:
         # not start with them, or "data: [DONE]" and "event: ..." would go unrecognised.
         return [event + b"\n\n" for p in parts if (event := p.lstrip(b"\n"))]
 
-    def rest(self) -> bytes:
-        rest, self.partial = self.partial, b""
-        return rest
-
 
 def event_data(event: bytes) -> bytes:
     """The data field of one event (multi-line data joined with newlines)."""
