@@ -73,8 +73,34 @@ try:
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
     _UVICORN_CYCLE = RequestResponseCycle
-except ImportError:  # no httptools: every event goes through `send`
+except ImportError:  # no httptools: everything goes through `send`
     _UVICORN_CYCLE = None
+
+
+def _uvicorn_cycle(send: Send) -> Any:
+    """The uvicorn request cycle (httptools, the production setting) whose method `send`
+    is, when it has every attribute this module reads or swaps around `send`, as uvicorn
+    names them; None otherwise. Another server, or a uvicorn version that renamed any of
+    them, gets every write through `send` instead of a failed response."""
+    cycle = getattr(send, "__self__", None)
+    if (
+        _UVICORN_CYCLE is not None
+        and type(cycle) is _UVICORN_CYCLE
+        and hasattr(cycle, "disconnected")
+        and hasattr(cycle, "transport")
+        and hasattr(cycle, "keep_alive")
+        and hasattr(getattr(cycle, "flow", None), "write_paused")
+    ):
+        return cycle
+    return None
+
+
+class _HeldWrites(list[bytes]):
+    """Stands in for a transport while uvicorn's `send` writes an answer: keeps what it
+    writes, for one write afterwards."""
+
+    write = list.append
+
 
 _UNKNOWN = object()
 _JSON = b"application/json"
@@ -219,8 +245,31 @@ class Exchange:
         extra: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
         extra = [(b"content-length", str(len(body)).encode()), *extra]
-        await self.start(status, content_type, extra)
-        await self.send({"type": "http.response.body", "body": body})
+        cycle = _uvicorn_cycle(self.send)
+        if (
+            cycle is None
+            or cycle.flow.write_paused
+            or cycle.disconnected
+            or not cycle.keep_alive
+            or getattr(cycle, "response_started", True)
+        ):
+            await self.start(status, content_type, extra)
+            await self.send({"type": "http.response.body", "body": body})
+            return
+        # uvicorn writes the status line and headers, then the body: two system calls,
+        # and two TCP segments the client wakes up for, where one does. Its two sends
+        # write into a list here, which goes out in one write. Nothing else can write
+        # meanwhile: uvicorn's `send` waits only while writing is paused (ruled out
+        # above), and closes the connection only when it is not kept alive (ditto).
+        transport = cycle.transport
+        held = cycle.transport = _HeldWrites()
+        try:
+            await self.start(status, content_type, extra)
+            await self.send({"type": "http.response.body", "body": body})
+        finally:
+            cycle.transport = transport
+            if held:
+                transport.write(b"".join(held))
 
     def drop_connection(self) -> None:
         """Reset the client's connection, unsent bytes and all.
@@ -939,15 +988,9 @@ class _EventRelay:
         writes it) was a quarter of relaying it. Whenever uvicorn would make `send` wait
         (the client is not reading: writing is paused) or skip it (the client is gone),
         the event goes through `send` as before; the end of the response always does."""
-        cycle = getattr(self.send, "__self__", None)
+        cycle = _uvicorn_cycle(self.send)
         if (
-            _UVICORN_CYCLE is not None
-            and type(cycle) is _UVICORN_CYCLE
-            # What `take` reads, as uvicorn names it: another version that renamed any
-            # of it gets every event through `send` instead of a failed stream.
-            and hasattr(cycle, "disconnected")
-            and hasattr(cycle, "transport")
-            and hasattr(getattr(cycle, "flow", None), "write_paused")
+            cycle is not None
             and getattr(cycle, "chunked_encoding", None) is True
             and getattr(cycle, "response_started", False)
             and not getattr(cycle, "response_complete", True)

@@ -1,7 +1,7 @@
 """The stream relay (`_EventRelay.take`): whatever way the provider's bytes are cut into
 reads, the client gets the same events, the usage is captured and the final event waits
 for the settle; and under uvicorn, events go straight to the client's transport unless
-uvicorn would have made the send wait."""
+uvicorn would have made the send wait, and a whole answer goes out in one write."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from proxy.sse import ChatStream, ResponsesStream, SseSplitter, responses_replay
-from proxy.views import _EventRelay
+from proxy.views import Exchange, _EventRelay
 from tests.proxy.helpers import completed_response
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
@@ -134,18 +134,24 @@ def test_every_cut_of_a_responses_stream_relays_the_same_events() -> None:
 class Transport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
+        self.closed = False
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
     def is_closing(self) -> bool:
-        return False
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 
 
-def uvicorn_cycle(transport: Transport) -> RequestResponseCycle:
+def uvicorn_cycle(
+    transport: Transport, *, keep_alive: bool = True, on_response: Any = lambda: None
+) -> RequestResponseCycle:
     return RequestResponseCycle(
         scope={"type": "http", "method": "POST", "http_version": "1.1"},  # type: ignore[typeddict-item]
         transport=transport,  # type: ignore[arg-type]
@@ -153,12 +159,53 @@ def uvicorn_cycle(transport: Transport) -> RequestResponseCycle:
         logger=logging.getLogger("test"),
         access_logger=logging.getLogger("test"),
         access_log=False,
-        default_headers=[],
+        default_headers=[(b"server", b"uvicorn")],
         message_event=asyncio.Event(),
         expect_100_continue=False,
-        keep_alive=True,
-        on_response=lambda: None,
+        keep_alive=keep_alive,
+        on_response=on_response,
     )
+
+
+def test_under_uvicorn_a_whole_answer_goes_out_in_one_write() -> None:
+    async def main() -> None:
+        body = b'{"ok": true}'
+        # What uvicorn writes for the same answer sent the ASGI way: two pieces.
+        reference = Transport()
+        sent_by_asgi = Exchange({"headers": []}, Sent(), uvicorn_cycle(reference).send)
+        await sent_by_asgi.start(200, b"application/json", [(b"content-length", b"12")])
+        await sent_by_asgi.send({"type": "http.response.body", "body": body})
+        assert len(reference.written) == 2
+
+        transport, completed = Transport(), []
+        cycle = uvicorn_cycle(transport, on_response=lambda: completed.append(True))
+        ex = Exchange({"headers": []}, Sent(), cycle.send)
+        ex.request_id_str = sent_by_asgi.request_id_str  # the one header that differs
+        await ex.respond(200, body)
+        assert transport.written == [b"".join(reference.written)]
+        assert cycle.transport is transport  # given back
+        assert cycle.response_complete and completed == [True]  # uvicorn's bookkeeping ran
+
+    run(main())
+
+
+@pytest.mark.parametrize("case", ["writing paused", "not kept alive", "another server"])
+def test_an_answer_goes_through_send_when_uvicorn_could_wait_or_close(case: str) -> None:
+    async def main() -> None:
+        transport = Transport()
+        cycle = uvicorn_cycle(transport, keep_alive=case != "not kept alive")
+        send: Any = cycle.send
+        if case == "writing paused":
+            cycle.flow.pause_writing()
+            asyncio.get_running_loop().call_soon(cycle.flow.resume_writing)
+        elif case == "another server":
+            send = lambda message: cycle.send(message)  # noqa: E731 (not uvicorn's method)
+        await Exchange({"headers": []}, Sent(), send).respond(200, b"{}")
+        assert len(transport.written) == 2 and transport.written[1] == b"{}"
+        assert cycle.transport is transport and cycle.response_complete
+        assert transport.closed == (case == "not kept alive")
+
+    run(main())
 
 
 def test_under_uvicorn_events_go_to_the_transport_unless_the_client_lags() -> None:
