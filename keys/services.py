@@ -235,7 +235,9 @@ def provider_key_hint(raw_key: str) -> str:
 
 
 @sensitive_variables()
-def _provider_key_clean(raw_key: str) -> str:
+def provider_key_clean(raw_key: str) -> str:
+    """The key without surrounding blanks; ProviderKeyInvalid when it cannot be an OpenAI
+    key (checked before anything is stored or sent)."""
     key = raw_key.strip()
     if not key:
         raise ProviderKeyInvalid("Paste your OpenAI API key.")
@@ -338,7 +340,7 @@ def provider_key_add(
     Raises ProviderKeyInvalid / ProviderUnreachable / PlanLimitReached; on any of them
     nothing is stored. `validate=False` skips only the call to the provider (offline
     setups: `manage.py provision --no-validate`)."""
-    key = _provider_key_clean(raw_key)
+    key = provider_key_clean(raw_key)
     # Fail fast on the plan before calling the provider; re-checked under the lock below.
     _check_provider_key_limit(account)
     if validate:

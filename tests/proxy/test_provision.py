@@ -7,7 +7,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from accounts.models import User
+from accounts.models import Account, User
 from budgets.models import Cap
 from keys.models import ApiKey, ProviderKey
 from keys.services import api_key_resolve, api_key_revoke
@@ -72,6 +72,14 @@ def test_provision_refuses_a_key_the_provider_rejects(fake_openai: FakeOpenAI) -
     with pytest.raises(CommandError, match="rejected"):
         provision("--email", "b@example.com", "--openai-key", "sk-invalid-0123456789abcdefgh")
     assert not ProviderKey.objects.exists()
+    assert not User.objects.filter(email="b@example.com").exists()  # no account left behind
+
+
+def test_provision_refuses_a_malformed_key_before_writing_anything() -> None:
+    with pytest.raises(CommandError, match="start with sk-"):
+        provision("--email", "m@example.com", "--openai-key", "pk-live-123", "--no-validate")
+    assert not User.objects.filter(email="m@example.com").exists()
+    assert not Account.objects.exists()
 
 
 def test_provision_refuses_a_cap_above_the_plan() -> None:
@@ -85,3 +93,8 @@ def test_provision_refuses_a_cap_above_the_plan() -> None:
             "--monthly-cap-usd",
             "5000",
         )
+    # Refused after the account, the provider key and the bllm_ key were written: all
+    # of it is rolled back.
+    assert not User.objects.filter(email="c@example.com").exists()
+    assert not Account.objects.exists()
+    assert not ProviderKey.objects.exists() and not ApiKey.objects.exists()

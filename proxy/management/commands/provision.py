@@ -5,9 +5,11 @@ For self-hosters who script their setup:
     manage.py provision --email ravi@example.com --openai-key sk-… \\
         --monthly-cap-usd 50 --daily-cap-usd 5 --run-cap-usd 0.50
 
-The account is created or reused by email; the provider key is checked against the
-provider (unless --no-validate) and reused if the account already stores the same key;
-a new bllm_ key is issued every run with the caps given, and printed on the last line.
+The provider key is checked first (its form, then against the provider unless
+--no-validate); then, in one transaction, the account is created or reused by email, the
+provider key stored or reused if the account already stores it, and a new bllm_ key
+issued with the caps given. The key is printed on the last line. A refusal at any step
+leaves nothing written.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from keys.services import (
     KeyServiceError,
     api_key_create,
     provider_key_add,
+    provider_key_clean,
     provider_key_hint,
+    provider_key_validate,
 )
 
 
@@ -62,7 +66,7 @@ class Command(BaseCommand):
             help="store the OpenAI key without checking it against the provider",
         )
 
-    @sensitive_variables("options", "raw_key")
+    @sensitive_variables("options", "raw_key", "key")
     def handle(self, *args: Any, **options: Any) -> None:
         raw_key = options["openai_key"].strip()
         caps = [
@@ -79,19 +83,20 @@ class Command(BaseCommand):
         ]
         wanted = [(s, p, _micros(v, f)) for s, p, v, f in caps if v is not None]
 
-        user, created = user_get_or_create(
-            email=options["email"], timezone_name=options["timezone"]
-        )
-        account = Membership.objects.get(user=user, role=Membership.Role.OWNER).account
-        self.stdout.write(
-            f"{'Created' if created else 'Reusing'} account {account.public_id} ({user.email})"
-        )
-
         try:
-            provider_key = self._provider_key(
-                account, user, raw_key, validate=not options["no_validate"]
-            )
+            # The key is checked before anything is written: a key that is malformed or
+            # that the provider refuses must not leave an account behind without it.
+            key = provider_key_clean(raw_key)
+            if not options["no_validate"]:
+                provider_key_validate(raw_key=key)
+            # One transaction: a refusal part-way (a cap above the plan, the plan's key
+            # limit) leaves nothing half set up.
             with transaction.atomic():
+                user, created = user_get_or_create(
+                    email=options["email"], timezone_name=options["timezone"]
+                )
+                account = Membership.objects.get(user=user, role=Membership.Role.OWNER).account
+                provider_key, reused = self._provider_key(account, user, key)
                 api_key, raw = api_key_create(
                     account=account, actor=user, provider_key=provider_key, name=options["key_name"]
                 )
@@ -106,21 +111,26 @@ class Command(BaseCommand):
                             api_key=api_key if scope != Cap.Scope.ACCOUNT else None,
                         ),
                     )
-                    self.stdout.write(f"Cap: {scope} {period} ${Decimal(limit) / MICROS_PER_USD}")
         except (KeyServiceError, CapInvalid) as exc:
             raise CommandError(str(exc)) from None
+        self.stdout.write(
+            f"{'Created' if created else 'Reusing'} account {account.public_id} ({user.email})"
+        )
+        if reused:
+            self.stdout.write(f"Reusing the stored provider key {provider_key.hint}")
+        for _scope, _period, limit in wanted:
+            self.stdout.write(f"Cap: {_scope} {_period} ${Decimal(limit) / MICROS_PER_USD}")
         self.stdout.write(
             f"Provider key {provider_key.hint}; BudgetLLM key '{api_key.name}' (shown once):"
         )
         self.stdout.write(raw)
 
-    @sensitive_variables("raw_key")
-    def _provider_key(
-        self, account: Any, user: Any, raw_key: str, *, validate: bool
-    ) -> ProviderKey:
-        hint = provider_key_hint(raw_key)
+    @sensitive_variables("key")
+    def _provider_key(self, account: Any, user: Any, key: str) -> tuple[ProviderKey, bool]:
+        """The account's stored copy of `key` (reused: True), or `key` stored now; it was
+        checked against the provider already."""
+        hint = provider_key_hint(key)
         for existing in ProviderKey.objects.filter(account=account, hint=hint, disabled_at=None):
-            if vault.decrypt(existing.ciphertext) == raw_key:
-                self.stdout.write(f"Reusing the stored provider key {hint}")
-                return existing
-        return provider_key_add(account=account, actor=user, raw_key=raw_key, validate=validate)
+            if vault.decrypt(existing.ciphertext) == key:
+                return existing, True
+        return provider_key_add(account=account, actor=user, raw_key=key, validate=False), False
