@@ -34,7 +34,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+    if scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] == "/v1"):
         await v1_app(scope, receive, send)
     elif scope["type"] == "lifespan":
         await _lifespan(receive, send)

@@ -85,10 +85,16 @@ class UnknownModel(Exception):
 MAX_OUTPUT_TOKENS: dict[str, int] = {
     "text-embedding-": 0,
     "gpt-3.5-turbo": 4_096,
-    "gpt-4": 8_192,
+    # gpt-4 has an 8,192-token context in all: writing 8,192 would leave no room for the
+    # prompt ("maximum context length is 8192 tokens"), so only half is ever written.
+    "gpt-4": 4_096,
+    "gpt-4-0125-preview": 4_096,
+    "gpt-4-1106-preview": 4_096,
+    "gpt-4-vision-preview": 4_096,
     "gpt-4-turbo": 4_096,
     "gpt-4-32k": 8_192,
     "gpt-4o": 16_384,
+    "gpt-4o-2024-05-13": 4_096,
     "gpt-4o-mini": 16_384,
     "chatgpt-4o": 16_384,
     "gpt-4.1": 32_768,
@@ -109,6 +115,8 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4_096
 
 def max_output_tokens_for(model: str) -> int:
     name = model.lower()
+    if name.startswith("gpt-5") and "-chat" in name:
+        return 16_384  # gpt-5-chat-latest, gpt-5.1-chat-latest...: not gpt-5's 128,000
     best: tuple[int, int] | None = None
     for prefix, ceiling in MAX_OUTPUT_TOKENS.items():
         if name.startswith(prefix) and (best is None or len(prefix) > best[0]):

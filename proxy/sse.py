@@ -155,7 +155,10 @@ class ChatStream(_KeptEvents):
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 text = (delta.get("content") or "") + (delta.get("refusal") or "")
-                for call in delta.get("tool_calls") or ():
+                calls = [*(delta.get("tool_calls") or ())]
+                if delta.get("function_call"):  # the legacy `functions` parameter
+                    calls.append({"function": delta["function_call"]})
+                for call in calls:
                     fn = call.get("function") or {}
                     text += (fn.get("name") or "") + (fn.get("arguments") or "")
                 # Every event with text carries at least one token, and a token at least a byte.
@@ -177,6 +180,7 @@ def chat_assemble(chunks: list[dict[str, Any]], usage: dict[str, Any] | None) ->
                     "content": None,
                     "refusal": None,
                     "tool_calls": {},
+                    "function_call": None,
                     "finish_reason": None,
                     "logprobs": None,
                 },
@@ -200,6 +204,12 @@ def chat_assemble(chunks: list[dict[str, Any]], usage: dict[str, Any] | None) ->
                 fn = call.get("function") or {}
                 t["function"]["name"] += fn.get("name") or ""
                 t["function"]["arguments"] += fn.get("arguments") or ""
+            legacy = delta.get("function_call")
+            if legacy:  # the legacy `functions` parameter streams one call this way
+                f = slot["function_call"] or {"name": "", "arguments": ""}
+                f["name"] += legacy.get("name") or ""
+                f["arguments"] += legacy.get("arguments") or ""
+                slot["function_call"] = f
             if c.get("finish_reason"):
                 slot["finish_reason"] = c["finish_reason"]
             if c.get("logprobs"):
@@ -216,6 +226,8 @@ def chat_assemble(chunks: list[dict[str, Any]], usage: dict[str, Any] | None) ->
         }
         if slot["tool_calls"]:
             message["tool_calls"] = [slot["tool_calls"][k] for k in sorted(slot["tool_calls"])]
+        if slot["function_call"] is not None:
+            message["function_call"] = slot["function_call"]
         out_choices.append(
             {
                 "index": i,
@@ -260,7 +272,7 @@ def chat_replay(full: dict[str, Any], *, include_usage: bool) -> list[bytes]:
         i = choice.get("index", 0)
         message = choice.get("message") or {}
         first_delta: dict[str, Any] = {"role": message.get("role", "assistant"), "content": ""}
-        if message.get("refusal") is None and message.get("content") is None:
+        if message.get("content") is None:
             first_delta["content"] = None
         events.append(
             _data(
@@ -281,6 +293,8 @@ def chat_replay(full: dict[str, Any], *, include_usage: bool) -> list[bytes]:
             delta["tool_calls"] = [
                 {"index": k, **call} for k, call in enumerate(message["tool_calls"])
             ]
+        if message.get("function_call"):
+            delta["function_call"] = message["function_call"]
         if delta:
             events.append(
                 _data(

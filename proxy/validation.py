@@ -24,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 
-from .errors import bad_request
+from .errors import ProxyError, bad_request
 
 CHAT = "chat.completions"
 RESPONSES = "responses"
@@ -98,9 +98,25 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
             "The body must be a JSON object sent with Content-Type: application/json.",
             code="invalid_json",
         ) from None
+    except RecursionError:
+        raise too_deep() from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
     return body
+
+
+def too_deep() -> ProxyError:
+    return bad_request(
+        "The JSON body is nested too deeply to be read; flatten it.", code="invalid_json"
+    )
+
+
+def lone_surrogate() -> ProxyError:
+    return bad_request(
+        "The JSON body contains a lone UTF-16 surrogate escape (such as \\ud800), "
+        "which is not valid text. Send valid UTF-8 text.",
+        code="invalid_json",
+    )
 
 
 def _opt_int(body: dict[str, Any], name: str, *, minimum: int) -> int | None:
@@ -163,11 +179,7 @@ def _utf8_len(text: str) -> int:
     except UnicodeEncodeError:
         # A lone surrogate escape ("\\ud800") is valid JSON but not text any tokenizer
         # (or provider) takes: refuse it clearly rather than forward it.
-        raise bad_request(
-            "The JSON body contains a lone UTF-16 surrogate escape (such as \\ud800), "
-            "which is not valid text. Send valid UTF-8 text.",
-            code="invalid_json",
-        ) from None
+        raise lone_surrogate() from None
 
 
 def _walk_bound(value: Any, param: str, image_ceiling: int) -> int:
@@ -224,7 +236,10 @@ def _input_bound(raw: bytes, body: dict[str, Any], fields: tuple[str, ...], mode
         return len(raw)
     # Media present: walk the prompt-bearing fields, counting each image at the ceiling.
     ceiling = image_token_ceiling(model)
-    return sum(_walk_bound(body[f], f, ceiling) for f in fields if f in body) + 64
+    try:
+        return sum(_walk_bound(body[f], f, ceiling) for f in fields if f in body) + 64
+    except RecursionError:
+        raise too_deep() from None
 
 
 def _check_tools(body: dict[str, Any]) -> None:

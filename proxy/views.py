@@ -60,7 +60,15 @@ from .sse import (
 )
 from .upstream import ReadTimeout, UpstreamError, upstream_pool, upstream_url
 from .usage import Tokens, tokens_from_usage
-from .validation import CHAT, EMBEDDINGS, PARSERS, RESPONSES, ParsedRequest
+from .validation import (
+    CHAT,
+    EMBEDDINGS,
+    PARSERS,
+    RESPONSES,
+    ParsedRequest,
+    lone_surrogate,
+    too_deep,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -806,7 +814,19 @@ async def forward(
             type_="server_error",
             code="provider_key_undecryptable",
         ) from None
-    body = _upstream_body(parsed, admission)
+    try:
+        body = _upstream_body(parsed, admission)
+    except Exception as exc:
+        # Nothing reached the provider: the reservation must not wait for the sweep,
+        # which would charge it in full.
+        await _release(admission, None)
+        if isinstance(exc, UnicodeEncodeError):
+            # A lone surrogate escape outside the prompt-bearing fields (say in `user`),
+            # met when the body is written again with our output limit in it.
+            raise lone_surrogate() from None
+        if isinstance(exc, RecursionError):
+            raise too_deep() from None
+        raise
     headers = _upstream_headers(ex, secret, stream=parsed.stream)
     del secret
     if parsed.stream:

@@ -87,3 +87,24 @@ def test_output_ceiling_table_uses_the_longest_prefix_and_a_safe_default() -> No
     assert max_output_tokens_for("gpt-4.1-nano") == 32_768
     assert max_output_tokens_for("gpt-4-turbo") == 4_096
     assert max_output_tokens_for("some-new-chat-model") == DEFAULT_MAX_OUTPUT_TOKENS
+
+
+@pytest.mark.parametrize(
+    ("model", "ceiling"),
+    [
+        # What OpenAI accepts as max_completion_tokens (written when a client names none):
+        # a larger value is refused ("max_tokens is too large"), or, for gpt-4's 8k
+        # context, leaves no room for the prompt ("maximum context length is 8192").
+        ("gpt-5-chat-latest", 16_384),
+        ("gpt-5.1-chat-latest", 16_384),
+        ("gpt-4o-2024-05-13", 4_096),
+        ("gpt-4-1106-preview", 4_096),
+        ("gpt-4-0125-preview", 4_096),
+        ("gpt-4", 4_096),
+        ("gpt-4-0613", 4_096),
+        ("gpt-5", 128_000),
+        ("gpt-4o-2024-08-06", 16_384),
+    ],
+)
+def test_the_written_output_ceiling_is_one_the_model_accepts(model: str, ceiling: int) -> None:
+    assert max_output_tokens_for(model) == ceiling

@@ -323,6 +323,38 @@ def test_a_lone_surrogate_escape_is_a_clear_400(proxy: ProxyServer, tenant: Tena
     assert resp.status_code == 400, (resp.status_code, resp.text)
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_a_lone_surrogate_outside_the_prompt_is_a_400_that_holds_nothing(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    # `user` is not a prompt-bearing field, and the body is re-encoded to write the
+    # output limit: that used to fail after the reservation (HTTP 500, which the SDK
+    # retries, each attempt's reservation left for the sweep to charge in full).
+    tenant.cap("1")
+    raw = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"user":"\\ud800"}'
+    resp = post(proxy, tenant, "/chat/completions", raw)
+    assert resp.status_code == 400, (resp.status_code, resp.text)
+    assert resp.json()["error"]["code"] == "invalid_json"
+    assert resp.headers["x-should-retry"] == "false"
+    assert fake_openai.stats().get("/v1/chat/completions", 0) == 0
+    assert spent_reserved(tenant)[:2] == (0, 0)
+
+
+def test_a_body_nested_too_deeply_is_a_400_not_an_internal_error() -> None:
+    deep = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"x":'
+    with pytest.raises(ProxyError) as caught:
+        parse_chat(deep + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert (caught.value.status, caught.value.code) == (400, "invalid_json")
+    schema = b'{"a":' * 600 + b"1" + b"}" * 600  # walked (a \\u escape), too deep for it
+    with pytest.raises(ProxyError) as caught:
+        parse_chat(
+            b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"\\u00e9"}],'
+            b'"tools":[{"type":"function","function":{"name":"f","parameters":' + schema + b"}}]}"
+        )
+    assert (caught.value.status, caught.value.code) == (400, "invalid_json")
+
+
 # --- end to end: requests that could skip the reservation --------------------------------
 
 

@@ -223,3 +223,7 @@ def test_a_bad_run_budget_header_is_400(proxy: ProxyServer, tenant: Tenant) -> N
 def test_unknown_path_is_404_envelope(proxy: ProxyServer, tenant: Tenant) -> None:
     resp = post(proxy, "/completions", b"{}", tenant.raw)
     assert_envelope(resp, 404, "unknown_url")
+    # The API root itself (a base URL typed without the endpoint) answers in the API's
+    # shape too, not with the website's HTML page.
+    root = httpx.get(proxy.base_url, headers={"Authorization": f"Bearer {tenant.raw}"})
+    assert_envelope(root, 404, "unknown_url")

@@ -16,7 +16,14 @@ import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from proxy.sse import ChatStream, ResponsesStream, SseSplitter, responses_replay
+from proxy.sse import (
+    ChatStream,
+    ResponsesStream,
+    SseSplitter,
+    chat_assemble,
+    chat_replay,
+    responses_replay,
+)
 from proxy.views import Exchange, _EventRelay
 from tests.proxy.helpers import completed_response
 
@@ -284,3 +291,36 @@ def test_extra_blank_lines_between_events_do_not_hide_the_final_one() -> None:
     forwarded, relay = relay_all([b"\n".join(replay)], ResponsesStream())
     assert relay.held == [replay[-1]] and isinstance(relay.state, ResponsesStream)
     assert relay.state.completed
+
+
+def test_a_legacy_function_call_survives_the_cache_and_counts_on_a_hang_up() -> None:
+    # `functions` (deprecated, still served) streams `delta.function_call`, not tool_calls.
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    calls = [
+        {"name": "get_w", "arguments": ""},
+        {"arguments": '{"city":'},
+        {"arguments": '"Pune"}'},
+    ]
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "function_call": f}}]}
+        for f in calls
+    ]
+    chunks.append(
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "function_call"}]}
+    )
+    state = ChatStream(strip_usage=True)
+    for chunk in chunks:
+        state.process(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    # A hang-up before the usage: the arguments streamed so far are charged.
+    assert (state.output_estimate() or 0) >= len('get_w{"city":"Pune"}')
+    full = chat_assemble(state.chunks(), USAGE)
+    expected = {"name": "get_w", "arguments": '{"city":"Pune"}'}
+    assert full["choices"][0]["message"]["function_call"] == expected
+    # ... and a hit replayed as a stream carries it again.
+    replayed = [
+        json.loads(event[6:])
+        for event in chat_replay(full, include_usage=False)
+        if event != b"data: [DONE]\n\n"
+    ]
+    sent = [c["choices"][0]["delta"].get("function_call") for c in replayed]
+    assert expected in sent
