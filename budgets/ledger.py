@@ -27,14 +27,14 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -124,6 +124,23 @@ class ReserveOutcome:
     reserved_micros: int = 0
 
 
+def db_step[T](fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run one blocking database step of the proxy (in `sync_to_async`'s thread).
+
+    No request_started / request_finished signal runs on /v1, so nothing else drops a
+    connection the database ended (a restart, an idle timeout on the way): every later
+    step in this thread would fail on it, and the proxy would answer 503 until restarted.
+    After a failed step, a connection that is no longer usable is closed, so the next step
+    opens a new one."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception:
+        for conn in connections.all(initialized_only=True):
+            if conn.errors_occurred and not conn.in_atomic_block and not conn.is_usable():
+                conn.close()
+        raise
+
+
 @dataclass
 class Ledger:
     """Interface. `meta` is the UsageRecord template written if the reservation expires."""
@@ -168,6 +185,11 @@ class Ledger:
         """Settle reservations past their deadline at their FULL reserved amount."""
         raise NotImplementedError
 
+    def extend(self, *, reservation_id: str) -> bool:
+        """Push an unsettled reservation's deadline to a full TTL from now: its request is
+        still running (a long stream), its worker alive. False if already settled/swept."""
+        raise NotImplementedError
+
     def read_counters(self, keys: Sequence[str]) -> dict[str, CounterState]:
         raise NotImplementedError
 
@@ -198,7 +220,8 @@ class Ledger:
         batch: CounterBatch | None = None,
     ) -> ReserveOutcome:
         return await sync_to_async(
-            lambda: self.reserve(
+            lambda: db_step(
+                self.reserve,
                 reservation_id=reservation_id,
                 account_id=account_id,
                 counters=counters,
@@ -212,12 +235,15 @@ class Ledger:
     async def asettle(
         self, *, reservation_id: str, cost_micros: int, record: dict[str, Any] | None
     ) -> bool:
-        return await sync_to_async(self.settle)(
-            reservation_id=reservation_id, cost_micros=cost_micros, record=record
+        return await sync_to_async(db_step)(
+            self.settle, reservation_id=reservation_id, cost_micros=cost_micros, record=record
         )
 
     async def arecord_usage(self, record: dict[str, Any]) -> None:
-        await sync_to_async(self.record_usage)(record)
+        await sync_to_async(db_step)(self.record_usage, record)
+
+    async def aextend(self, *, reservation_id: str) -> bool:
+        return await sync_to_async(db_step)(self.extend, reservation_id=reservation_id)
 
     async def acaps_version(self, account_id: int) -> str | None:
         return None
@@ -507,6 +533,19 @@ class SqlLedger(Ledger):
                 logger.exception("sweep of reservation %s failed", rid)
         return done
 
+    def extend(self, *, reservation_id: str) -> bool:
+        from .models import Reservation
+
+        deadline = timezone.now() + dt.timedelta(seconds=self.reservation_ttl_seconds)
+        try:
+            return bool(
+                Reservation.objects.filter(
+                    reservation_id=reservation_id, settled_at__isnull=True
+                ).update(deadline=deadline)
+            )
+        except DatabaseError as exc:
+            raise LedgerError("the database") from exc
+
     def read_counters(self, keys: Sequence[str]) -> dict[str, CounterState]:
         from .models import SpendCounter
 
@@ -649,6 +688,15 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
 end
 return done
+"""
+
+# KEYS: 1 deadlines, 2 reservation hash. ARGV: 1 reservation id, 2 new deadline (unix s)
+# Only a reservation still held moves: one already settled or swept stays gone.
+EXTEND_LUA = r"""
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'd', ARGV[2])
+redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+return 1
 """
 
 # KEYS: 1 usage list. ARGV: 1 count. Drops the first `count` entries (after they are stored).
@@ -988,6 +1036,29 @@ class RedisLedger(Ledger):
         except redis.RedisError as exc:
             raise LedgerError(self.where) from exc
 
+    def _extend_args(self, rid: str) -> tuple[list[str], list[Any]]:
+        deadline = time.time() + self.reservation_ttl_seconds
+        return [self.deadlines_key, self._res_key(rid)], [rid, f"{deadline:.3f}"]
+
+    def extend(self, *, reservation_id: str) -> bool:
+        import redis
+
+        keys, args = self._extend_args(reservation_id)
+        try:
+            return int(self._script("extend")(keys=keys, args=args)) == 1
+        except redis.RedisError as exc:
+            raise LedgerError(self.where) from exc
+
+    async def aextend(self, *, reservation_id: str) -> bool:
+        import redis
+
+        keys, args = self._extend_args(reservation_id)
+        _, scripts = self.aclient()
+        try:
+            return int(await scripts["extend"](keys=keys, args=args)) == 1
+        except redis.RedisError as exc:
+            raise LedgerError(self.where) from exc
+
     def read_counters(self, keys: Sequence[str]) -> dict[str, CounterState]:
         import redis
 
@@ -1088,7 +1159,13 @@ class RedisLedger(Ledger):
             raise LedgerError(self.where) from exc
 
 
-_SCRIPTS = {"reserve": RESERVE_LUA, "settle": SETTLE_LUA, "sweep": SWEEP_LUA, "trim": TRIM_LUA}
+_SCRIPTS = {
+    "reserve": RESERVE_LUA,
+    "settle": SETTLE_LUA,
+    "sweep": SWEEP_LUA,
+    "trim": TRIM_LUA,
+    "extend": EXTEND_LUA,
+}
 
 _ledger: Ledger | None = None
 _ledger_lock = threading.Lock()

@@ -31,6 +31,7 @@ from .ledger import (
     Quote,
     ReserveOutcome,
     StaleCaps,
+    db_step,
     get_ledger,
 )
 from .money import usd, usd_str
@@ -298,11 +299,14 @@ def unknown_model_error(exc: UnknownModel) -> dict[str, Any]:
 
 # --- Caps and prices of an account, as admission needs them -----------------------------
 
-DATED_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+# "-2024-08-06", and the older month-and-day form "-0613" / "-0125" (gpt-4-0613,
+# gpt-3.5-turbo-0125): both priced, both the family a cap names.
+DATED_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
 
 
 def canonical_model(model: str) -> str:
-    """'gpt-4o-2024-08-06' and 'GPT-4o' both count against a cap on 'gpt-4o'."""
+    """'gpt-4o-2024-08-06', 'GPT-4o' (and 'gpt-4-0613' for 'gpt-4') count against a cap
+    on 'gpt-4o'."""
     return DATED_SNAPSHOT.sub("", model.strip().lower())
 
 
@@ -726,7 +730,7 @@ async def _aconfig(ledger: Ledger, account_id: int) -> AccountConfig:
     except LedgerError as exc:
         raise LedgerUnavailable(exc.what) from exc
     try:
-        loaded = await sync_to_async(load_account_config)(account_id)
+        loaded = await sync_to_async(db_step)(load_account_config, account_id)
     except DatabaseError as exc:
         raise LedgerUnavailable("the database") from exc
     config = dataclasses.replace(loaded, version=version)
@@ -740,7 +744,7 @@ async def budget_admit(req: AdmitRequest) -> Admission:
     503) or `UnknownModel` (400)."""
     ledger = get_ledger()
     if not ledger.checks_caps_version:
-        return await sync_to_async(admit_blocking)(req)
+        return await sync_to_async(db_step)(admit_blocking, req)
     _check_paused(req)
     rid = _reservation_id(req)
     for _attempt in range(3):
@@ -838,6 +842,16 @@ async def budget_release(*, admission: Admission, usage: UsageData | None = None
             cost_micros=usage.cost_micros if usage is not None else 0,
             record=record,
         )
+    except LedgerError as exc:
+        raise LedgerUnavailable(exc.what) from exc
+
+
+async def budget_keep_reserved(*, admission: Admission) -> None:
+    """The request behind `admission` is still running: keep its reservation from being
+    swept as if its worker had died. Errors are the caller's to log; if the store stays
+    down the reservation expires and is charged in full, as for a crash."""
+    try:
+        await get_ledger().aextend(reservation_id=admission.reservation_id)
     except LedgerError as exc:
         raise LedgerUnavailable(exc.what) from exc
 

@@ -262,6 +262,23 @@ def _check_tools(body: dict[str, Any]) -> None:
             )
 
 
+# Models that run a web search on every request (with or without web_search_options) and
+# bill it per call, on top of tokens: the price database prices their tokens only.
+_SEARCH_MODEL_MARKERS = ("search-preview", "search-api")
+
+
+def _check_search_model(model: str) -> None:
+    name = model.strip().lower()
+    if any(name.find(marker) != -1 for marker in _SEARCH_MODEL_MARKERS):
+        raise bad_request(
+            f"The model '{model}' is not supported through BudgetLLM: it searches the web on "
+            "every request and bills each search per call, beyond its tokens, so a cap "
+            "could be exceeded. Use a model without built-in search.",
+            param="model",
+            code="unsupported_model",
+        )
+
+
 def _check_service_tier(body: dict[str, Any]) -> None:
     # Priority processing bills at a higher rate than the price database's standard one.
     if body.get("service_tier") in ("priority", "scale"):
@@ -322,6 +339,7 @@ def parse_chat(raw: bytes) -> ParsedRequest:
     max_tokens = _opt_int(body, "max_tokens", minimum=1)
     _check_tools(body)
     _check_service_tier(body)
+    _check_search_model(model)
     if body.get("audio") is not None or "audio" in (body.get("modalities") or []):
         raise bad_request(
             "Audio output is not supported through BudgetLLM: audio tokens are priced "
@@ -412,6 +430,7 @@ def parse_responses(raw: bytes) -> ParsedRequest:
     requested = _opt_int(body, "max_output_tokens", minimum=1)
     _check_tools(body)
     _check_service_tier(body)
+    _check_search_model(model)
     return ParsedRequest(
         endpoint=RESPONSES,
         body=body,

@@ -29,6 +29,8 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.db import DatabaseError
+from redis.exceptions import RedisError
 
 from budgets.ledger import MAX_EXACT, get_ledger
 from budgets.pricing import UnknownModel, cost_micros
@@ -40,6 +42,7 @@ from budgets.services import (
     UsageData,
     arecord_cache_hit,
     budget_admit,
+    budget_keep_reserved,
     budget_release,
     budget_settle,
 )
@@ -705,12 +708,22 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
     flight: Flight | None = None
     if key.cache_ttl_seconds > 0 and not cache_bypassed(ex.headers):
         digest = cache_digest(endpoint=endpoint, body=parsed.body)
-        got = await cache_get_or_lead(account_id=key.account_id, digest=digest)
+        cache_down = False
+        got: CacheEntry | Flight | None = None
+        try:
+            got = await cache_get_or_lead(account_id=key.account_id, digest=digest)
+        except (RedisError, DatabaseError):
+            # The cache's store is down: go on without it. Its Redis is usually the
+            # ledger's too, which then refuses with a 503 naming it (not a bare 500);
+            # with a ledger elsewhere the request is served, uncached.
+            logger.warning("cache unreachable; request %s bypasses it", ex.request_id_str)
+            cache_down = True
         if isinstance(got, CacheEntry):
             await serve_hit(ex, key, parsed, got, run_id)
             return
-        flight = got
-        ex.cache_status = "MISS"
+        if not cache_down:
+            flight = got
+            ex.cache_status = "MISS"
     entry: CacheEntry | None = None
     try:
         entry = await forward(ex, key, parsed, path, run_id, run_budget, cache=flight is not None)
@@ -829,9 +842,45 @@ async def forward(
         raise
     headers = _upstream_headers(ex, secret, stream=parsed.stream)
     del secret
-    if parsed.stream:
-        return await relay_stream(ex, parsed, admission, path, body, headers, run_id, cache)
-    return await relay_plain(ex, parsed, admission, path, body, headers, run_id, cache)
+    keep = _KeepReserved(admission)
+    try:
+        if parsed.stream:
+            return await relay_stream(ex, parsed, admission, path, body, headers, run_id, cache)
+        return await relay_plain(ex, parsed, admission, path, body, headers, run_id, cache)
+    finally:
+        keep.cancel()
+
+
+class _KeepReserved:
+    """Pushes a running request's reservation deadline on, every third of the TTL, until
+    the request is settled.
+
+    The sweep charges a reservation past its deadline in full, on the assumption that its
+    worker died; a stream can outlive LEDGER_RESERVATION_TTL_SECONDS with its worker well
+    (PROXY_UPSTREAM_READ_TIMEOUT_SECONDS bounds silence, not length) and was then charged
+    its whole reservation instead of its usage. One timer per request, no task until it
+    fires; a worker that dies stops pushing, so a crash is still charged in full."""
+
+    __slots__ = ("admission", "every", "handle", "loop")
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.every = max(get_ledger().reservation_ttl_seconds / 3, 0.05)
+        self.loop = asyncio.get_running_loop()
+        self.handle = self.loop.call_later(self.every, self._fire)
+
+    def _fire(self) -> None:
+        _start(self._extend())
+        self.handle = self.loop.call_later(self.every, self._fire)
+
+    async def _extend(self) -> None:
+        try:
+            await budget_keep_reserved(admission=self.admission)
+        except Exception:
+            logger.warning("could not extend reservation %s", self.admission.reservation_id)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 async def relay_plain(

@@ -138,6 +138,19 @@ def test_model_caps_apply_to_dated_snapshots_too(key) -> None:  # type: ignore[n
     admit(request(key, model="gpt-4.1-nano"))  # another model is not capped
 
 
+def test_model_caps_apply_to_four_digit_snapshots_too(key) -> None:  # type: ignore[no-untyped-def]
+    # gpt-4-0613 and gpt-3.5-turbo-0125 are snapshots of gpt-4 / gpt-3.5-turbo named by
+    # month and day only; both are priced, so a cap on the family must cover them.
+    cap(key, scope="model", limit=100, model="gpt-4")
+    cap(key, scope="model", limit=100, model="gpt-3.5-turbo")
+    with pytest.raises(BudgetExceeded) as exc:
+        admit(request(key, model="gpt-4-0613"))
+    assert exc.value.code == "model_day_cap"
+    with pytest.raises(BudgetExceeded):
+        admit(request(key, model="gpt-3.5-turbo-0125"))
+    admit(request(key, model="gpt-4.1-nano"))  # another model is not capped
+
+
 def test_run_budget_header_can_lower_the_run_cap_but_never_raise_it(key) -> None:  # type: ignore[no-untyped-def]
     cap(key, scope="run", period="run", limit=300)
     # Header above the cap: the cap (300) still applies, 150 input + 0.6/token → 250 tokens.

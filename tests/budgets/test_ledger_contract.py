@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -156,6 +157,25 @@ def test_expired_reservation_is_charged_its_full_amount(ledger, account) -> None
     # A late settle from the worker that died changes nothing: a crash only over-counts.
     assert not ledger.settle(reservation_id=rid, cost_micros=1, record=record(account, None, rid))
     assert state(ledger, cap.key) == (200, 0)
+
+
+def test_an_extended_reservation_is_not_swept_until_its_new_deadline(ledger, account) -> None:  # type: ignore[no-untyped-def]
+    # A request still running (a long stream) pushes its deadline on: the sweep must not
+    # charge it in full as if its worker had died, and its own settle still counts.
+    ledger.reservation_ttl_seconds = 2
+    cap = CounterSpec("account:1:day:x", limit_micros=1_000)
+    rid, _ = reserve(ledger, account, [cap])
+    first_deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+    time.sleep(1)
+    assert ledger.extend(reservation_id=rid)
+    # Past the first deadline, before the new one.
+    assert ledger.sweep_expired(now=first_deadline + dt.timedelta(seconds=0.5)) == 0
+    assert ledger.settle(reservation_id=rid, cost_micros=130, record=record(account, None, rid))
+    assert state(ledger, cap.key) == (130, 0)
+    # Settled (or swept) reservations stay gone.
+    assert not ledger.extend(reservation_id=rid)
+    assert ledger.sweep_expired(now=first_deadline + dt.timedelta(seconds=60)) == 0
+    assert [r.cost_micros for r in recorded(ledger)] == [130]
 
 
 def test_output_is_clamped_to_what_the_tightest_cap_affords(ledger, account) -> None:  # type: ignore[no-untyped-def]

@@ -70,6 +70,23 @@ def test_responses_whose_cost_cannot_be_bounded_are_refused(body: dict) -> None:
     assert caught.value.status == 400
 
 
+@pytest.mark.parametrize(
+    "model", ["gpt-4o-mini-search-preview", "gpt-4o-search-preview-2025-03-11", "gpt-5-search-api"]
+)
+def test_models_that_bill_a_search_per_call_are_refused(model: str) -> None:
+    # Priced by the database for their tokens only; each request also bills a web search
+    # ($0.01-0.05 a call), which the reservation would not cover.
+    for parse in (parse_chat, parse_responses):
+        body = (
+            chat_body(model=model)
+            if parse is parse_chat
+            else json.dumps({"model": model, "input": "hi"}).encode()
+        )
+        with pytest.raises(ProxyError) as exc:
+            parse(body)
+        assert exc.value.status == 400 and "searches the web" in str(exc.value)
+
+
 def test_clamp_goes_into_the_field_the_client_used() -> None:
     assert parse_chat(chat_body(max_tokens=50)).output_fields == ("max_tokens",)
     assert parse_chat(chat_body(max_completion_tokens=50)).output_fields == (
