@@ -369,9 +369,10 @@ def parse_chat(raw: bytes) -> ParsedRequest:
         fields = ("max_tokens",)
     # Both limits set: the provider may honour either, so reserve for the larger one (a
     # clamp writes the same value into both fields).
-    # A limit too large to price means "no limit named": the ledger writes its bound.
-    given = [v for v in (max_completion, max_tokens) if v is not None and v < 1 << 62]
-    requested = max(given) if given else None
+    # A limit too large to price means "no limit named": the ledger writes its bound, into
+    # both fields when both are set (a huge one left as it came would be no limit at all).
+    given = [v for v in (max_completion, max_tokens) if v is not None]
+    requested = max(given) if given and max(given) < 1 << 62 else None
     return ParsedRequest(
         endpoint=CHAT,
         body=body,

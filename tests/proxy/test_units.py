@@ -96,6 +96,17 @@ def test_clamp_goes_into_the_field_the_client_used() -> None:
     assert parse_chat(chat_body(n=3)).choices == 3
 
 
+def test_a_limit_too_large_to_price_is_no_limit_even_beside_a_small_one() -> None:
+    # Reserving for the small one would forward the huge one untouched: a provider that
+    # honoured it would not stop where the reservation does.
+    both = parse_chat(chat_body(max_completion_tokens=5, max_tokens=1 << 62))
+    assert both.requested_output_tokens is None  # the ledger writes its bound...
+    assert both.output_fields == ("max_completion_tokens", "max_tokens")  # ...into both
+    assert parse_chat(chat_body(max_tokens=1 << 62)).requested_output_tokens is None
+    small = parse_chat(chat_body(max_completion_tokens=5, max_tokens=9))
+    assert small.requested_output_tokens == 9  # both priceable: the larger is reserved
+
+
 def test_embeddings_token_arrays_are_bounded_by_the_body() -> None:
     raw = json.dumps({"model": "e", "input": [[1, 2, 3], [4, 5]]}).encode()
     assert parse_embeddings(raw).input_tokens_bound >= 5
