@@ -31,12 +31,16 @@ _PERIODS = {
 }
 
 
-class CapInvalid(Exception):
-    """A cap the user asked for that we refuse; `field` names the form field at fault."""
+class FieldInvalid(Exception):
+    """A value the user typed that we refuse; `field` names the form field at fault."""
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class CapInvalid(FieldInvalid):
+    """A cap the user asked for that we refuse."""
 
 
 @dataclass(frozen=True)

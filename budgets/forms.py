@@ -9,6 +9,7 @@ from accounts.models import Account
 from keys.models import ApiKey
 
 from .caps import DEFAULT_THRESHOLDS, CapSpec
+from .model_prices import MAX_OUTPUT_TOKENS_LIMIT, ModelPriceSpec
 from .models import MICROS_PER_USD, Cap
 
 
@@ -68,6 +69,43 @@ class CapForm(forms.Form):
             api_key=data.get("api_key"),
             model=data.get("model") or "",
             alert_thresholds=tuple(data["thresholds"]),
+        )
+
+
+def _rate_micros(value: Decimal) -> int:
+    # Prices are typed in dollars per million tokens; round UP to the micro-dollar so a
+    # request is never priced below what the user typed (caps stay conservative).
+    return int((value * MICROS_PER_USD).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def _rate_field(label: str, *, required: bool = True) -> forms.DecimalField:
+    return forms.DecimalField(
+        label=label, required=required, min_value=Decimal(0), max_digits=12, decimal_places=6
+    )
+
+
+class ModelPriceForm(forms.Form):
+    model = forms.CharField(max_length=100, help_text="Exactly as in your requests.")
+    input_usd = _rate_field("Input ($ per 1M tokens)")
+    cached_input_usd = _rate_field("Cached input ($ per 1M tokens)", required=False)
+    output_usd = _rate_field("Output ($ per 1M tokens)")
+    max_output_tokens = forms.IntegerField(
+        label="Longest answer (tokens)",
+        initial=16_384,
+        min_value=1,
+        max_value=MAX_OUTPUT_TOKENS_LIMIT,
+        help_text="The model's own output limit, or less: written into requests that name none.",
+    )
+
+    def spec(self) -> ModelPriceSpec:
+        data = self.cleaned_data
+        cached = data.get("cached_input_usd")
+        return ModelPriceSpec(
+            model=data["model"],
+            input_micros_per_mtok=_rate_micros(data["input_usd"]),
+            output_micros_per_mtok=_rate_micros(data["output_usd"]),
+            cached_input_micros_per_mtok=None if cached is None else _rate_micros(cached),
+            max_output_tokens=data["max_output_tokens"],
         )
 
 

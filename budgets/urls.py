@@ -36,6 +36,8 @@ urlpatterns = [
     path("dashboard/keys/<uuid:public_id>/resume/", views.key_resume, name="key_resume"),
     path("caps/", views.caps, name="caps"),
     path("caps/<uuid:public_id>/delete/", views.cap_remove, name="cap_remove"),
+    path("caps/prices/", views.model_price_save, name="model_price_save"),
+    path("caps/prices/remove/", views.model_price_remove, name="model_price_remove"),
     path("welcome/", views.onboarding, name="onboarding"),
     path("welcome/first-request/", views.onboarding_first_request, name="onboarding_first_request"),
 ]

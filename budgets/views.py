@@ -27,8 +27,16 @@ from keys.services import KeyServiceError, api_key_create, api_key_set_paused, p
 from . import selectors
 from .caps import CapInvalid, CapSpec, cap_delete, cap_upsert, suggested_monthly_cap_micros
 from .controls import account_set_paused
-from .forms import ApiKeyForm, CapForm, MonthlyCapForm, ProviderKeyForm, usd_to_micros
-from .models import MICROS_PER_USD, Cap
+from .forms import (
+    ApiKeyForm,
+    CapForm,
+    ModelPriceForm,
+    MonthlyCapForm,
+    ProviderKeyForm,
+    usd_to_micros,
+)
+from .model_prices import ModelPriceInvalid, model_price_delete, model_price_upsert
+from .models import MICROS_PER_USD, Cap, ModelPrice
 from .services import cap_status
 
 log = logging.getLogger(__name__)
@@ -226,7 +234,14 @@ def key_resume(request: AuthedRequest, public_id: uuid.UUID) -> HttpResponse:
 # --- Caps ----------------------------------------------------------------------------------
 
 
-def _caps_context(account: Account, form: CapForm, saved: Cap | None = None) -> dict[str, Any]:
+def _caps_context(
+    account: Account,
+    form: CapForm,
+    saved: Cap | None = None,
+    *,
+    price_form: ModelPriceForm | None = None,
+    price_saved: ModelPrice | None = None,
+) -> dict[str, Any]:
     snapshot = selectors.usage_snapshot(account=account)
     from billing.entitlements import entitlements_for
 
@@ -236,6 +251,9 @@ def _caps_context(account: Account, form: CapForm, saved: Cap | None = None) -> 
         "caps": selectors.cap_progress(account=account, snapshot=snapshot),
         "entitlements": entitlements_for(account),
         "saved": saved,
+        "price_form": price_form or ModelPriceForm(),
+        "prices": ModelPrice.objects.filter(account=account).order_by("model"),
+        "price_saved": price_saved,
     }
 
 
@@ -286,6 +304,59 @@ def cap_remove(request: AuthedRequest, public_id: uuid.UUID) -> HttpResponse:
             _caps_context(account, CapForm(account=account)),
         )
     messages.success(request, "Cap removed.")
+    return redirect("caps")
+
+
+@login_required
+@require_POST
+def model_price_save(request: AuthedRequest) -> HttpResponse:
+    account = _account(request)
+    form = ModelPriceForm(request.POST)
+    saved = None
+    if form.is_valid():
+        try:
+            saved = model_price_upsert(account=account, actor=request.user, spec=form.spec())
+        except ModelPriceInvalid as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
+    if not request.htmx:  # type: ignore[attr-defined]
+        if saved is not None:
+            messages.success(
+                request, f"Price for {saved.model} saved. It applies from the next request."
+            )
+            return redirect(reverse("caps") + "#prices-section")
+        return render(
+            request,
+            "budgets/caps.html",
+            _caps_context(account, CapForm(account=account), price_form=form),
+        )
+    # Invalid input re-renders the form with its errors, status 200 (HTMX swaps it in).
+    return render(
+        request,
+        "budgets/caps.html#prices_section",
+        _caps_context(
+            account,
+            CapForm(account=account),
+            price_form=None if saved else form,
+            price_saved=saved,
+        ),
+    )
+
+
+@login_required
+@require_POST
+def model_price_remove(request: AuthedRequest) -> HttpResponse:
+    account = _account(request)
+    if not model_price_delete(
+        account=account, actor=request.user, model=request.POST.get("model", "")
+    ):
+        raise Http404("No such price.")
+    if request.htmx:  # type: ignore[attr-defined]
+        return render(
+            request,
+            "budgets/caps.html#prices_section",
+            _caps_context(account, CapForm(account=account)),
+        )
+    messages.success(request, "Price removed.")
     return redirect("caps")
 
 

@@ -92,6 +92,31 @@ def test_new_user_goes_from_landing_to_a_capped_request_and_back(
     page.locator("[data-testid=first-request][data-state=received]").wait_for(timeout=20_000)
     shot(page, "first-request-received")
 
+    # A fine-tuned model is refused until it has a price; the Caps page gives it one.
+    finetune = "ft:gpt-4o-mini:acme::b1"
+    ask_finetune = lambda: client.chat.completions.create(  # noqa: E731
+        model=finetune, messages=[{"role": "user", "content": "hi"}], max_tokens=5
+    )
+    with pytest.raises(openai.BadRequestError) as unpriced:
+        ask_finetune()
+    assert unpriced.value.code == "model_not_priced"
+    page.goto(product.url("/caps/"))
+
+    def save_price(output_usd: str) -> None:
+        prices = page.get_by_test_id("price-form")  # swapped in anew after each save
+        prices.locator("input[name=model]").fill(finetune)
+        prices.locator("input[name=input_usd]").fill("0.3")
+        prices.locator("input[name=output_usd]").fill(output_usd)
+        prices.get_by_role("button", name="Save price").click()
+
+    save_price("0")  # a free model would pass every cap
+    page.get_by_test_id("price-error-output_usd").wait_for()
+    save_price("1.2")
+    page.get_by_test_id("price-saved").wait_for()
+    assert finetune in page.get_by_test_id("prices-table").inner_text()
+    shot(page, "custom-price-saved")
+    assert ask_finetune().choices[0].message.content
+
     # Caps page: a per-key daily cap, invalid then valid, validated inline by HTMX.
     page.goto(product.url("/caps/"))
     form = page.get_by_test_id("cap-form")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from budgets.models import Cap
@@ -136,6 +137,27 @@ def test_unknown_model_is_400_with_how_to_price_it(
     assert caught.value.code == "model_not_priced"
     assert "my-own-finetune-xyz" in caught.value.message
     assert fake_openai.stats().get("/v1/chat/completions", 0) == 0
+
+    # The way out the message names: a price on the Caps page admits the model from the
+    # very next request, priced as the user said ($2 and $8 per million tokens).
+    page = tenant.person.client.post(
+        reverse("model_price_save"),
+        {
+            "model": "My-Own-Finetune-XYZ",
+            "input_usd": "2",
+            "output_usd": "8",
+            "max_output_tokens": "1000",
+        },
+    )
+    assert page.status_code == 302
+    raw = proxy.client(tenant.raw).chat.completions.with_raw_response.create(
+        model="my-own-finetune-xyz", messages=MESSAGES
+    )
+    usage = raw.parse().usage
+    assert usage is not None
+    assert raw.headers["x-budgetllm-max-tokens"] == "1000"  # its ceiling, written in
+    [record] = records(tenant.account)
+    assert record.cost_micros == usage.prompt_tokens * 2 + usage.completion_tokens * 8
 
 
 def test_paused_key_is_403_key_paused(proxy: ProxyServer, tenant: Tenant) -> None:
