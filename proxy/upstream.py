@@ -313,7 +313,7 @@ class Response:
     """The provider's answer. Read it whole with `read()` or in pieces with `next_chunk()`;
     then `release()` (keeps the connection if the answer was read to its end) or `close()`."""
 
-    __slots__ = ("_conn", "status", "headers", "_decoder", "_released", "_sink")
+    __slots__ = ("_conn", "status", "headers", "_decoder", "_released", "_sink", "_fed")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -321,6 +321,7 @@ class Response:
         self.headers = Headers(conn.header_items)
         self._released = False
         self._decoder: Any = None
+        self._fed = False  # compressed bytes arrived (an empty body is no stream at all)
         self._sink: Callable[[bytes], bool] | None = None
         encoding = (self.headers.get("content-encoding") or "identity").strip().lower()
         if encoding in ("gzip", "x-gzip", "deflate"):
@@ -427,11 +428,21 @@ class Response:
     def _decode(self, data: bytes, *, final: bool) -> bytes:
         if self._decoder is None:
             return data
+        if data:
+            self._fed = True
         try:
             out = self._decoder.decompress(data)
-            return out + self._decoder.flush() if final else out
+            if not final:
+                return out
+            out += self._decoder.flush()
         except zlib.error as exc:
             raise BadResponse(f"the provider's compressed answer is corrupt ({exc})") from None
+        # zlib takes a stream that stops short for one still on its way: a body whose
+        # HTTP framing is complete but whose gzip/zlib stream is not is a cut-off answer,
+        # not a shorter one (checked once, at the end, never per piece).
+        if self._fed and not self._decoder.eof:
+            raise BadResponse("the provider's compressed answer ends before its stream does")
+        return out
 
     def release(self) -> None:
         """Done with the answer: one read to its end leaves its connection to the next request."""
@@ -527,20 +538,23 @@ class Pool:
             try:
                 async with asyncio.timeout(self.connect_timeout):
                     handed = await waiter
-            except TimeoutError:
-                raise ConnectTimeout(
-                    f"all {self.max_connections} connections to the provider stayed busy for "
-                    f"{self.connect_timeout:g} s (PROXY_UPSTREAM_MAX_CONNECTIONS)"
-                ) from None
-            except BaseException:
+            except BaseException as exc:
                 # Cancelled just after being handed a connection (or room for one): pass
-                # it on rather than lose it.
+                # it on rather than lose it. The deadline counts too: a connection handed
+                # over in the same loop iteration as the timeout fires arrives as a
+                # TimeoutError, and was kept out of the pool (counted, never idle) until
+                # the provider closed it.
                 if waiter.done() and not waiter.cancelled():
                     passed = waiter.result()
                     if passed is not None:
                         self._put(passed)
                     else:
                         self._wake_one(None)
+                if isinstance(exc, TimeoutError):
+                    raise ConnectTimeout(
+                        f"all {self.max_connections} connections to the provider stayed busy "
+                        f"for {self.connect_timeout:g} s (PROXY_UPSTREAM_MAX_CONNECTIONS)"
+                    ) from None
                 raise
             if handed is not None:
                 if handed.key == key and handed.reusable():

@@ -597,7 +597,12 @@ def _may_have_been_billed(exc: UpstreamError, *, status: int) -> bool:
     the read timeout and keeps generating, and billing, after we stop waiting. Those are
     charged at the reserved bound so the ledger never under-counts.
     """
-    return status == 200 or exc.status == 200 or exc.request_sent
+    known = status or exc.status
+    if known:
+        # The provider's status arrived: a refusal (4xx/5xx) is not billed even if its
+        # body then broke off or could not be decoded; a 200 may have been.
+        return known == 200
+    return exc.request_sent
 
 
 def _upstream_failure(exc: UpstreamError, *, charged: bool) -> ProxyError:
@@ -902,7 +907,13 @@ async def relay_plain(
         payload = await resp.read()
     except UpstreamError as exc:
         ex.upstream_seconds = time.perf_counter() - t0
-        raise await _account_failed_call(ex, parsed, admission, run_id, exc, status) from None
+        status = status or exc.status
+        if not status or status == 200:
+            raise await _account_failed_call(ex, parsed, admission, run_id, exc, status) from None
+        # The provider refused, but its error body broke off or could not be read: its
+        # status still goes to the client (as for a stream) and nothing is charged.
+        payload = b""
+        passthrough = []
     ex.upstream_seconds = time.perf_counter() - t0
     if status != 200:
         # The provider refused (bad parameter, its own rate limit...): nothing is charged.
@@ -911,6 +922,7 @@ async def relay_plain(
         await ex.respond(status, _as_envelope(payload, status), extra=passthrough)
         return None
     tokens, answer = _tokens_from_body(parsed.endpoint, payload)
+    reported = tokens is not None
     if tokens is None:
         # No usage in the answer: charge the reserved upper bound rather than guess low.
         tokens = _upper_bound(parsed, admission)
@@ -922,7 +934,10 @@ async def relay_plain(
         _usage(ex, parsed, run_id, tokens, cost, 200),
         lambda: ex.respond(200, payload, extra=passthrough),
     )
-    if not cache or _lowered_by_budget(parsed, admission):
+    if not cache or not reported or _lowered_by_budget(parsed, admission):
+        # Not reported: no usage, so not an answer we can read (an HTML page from a proxy
+        # in the way, a cut-off body). Cached, it was replayed for the key's TTL, and
+        # every streamed hit on it failed with a 500.
         return None
     if parsed.endpoint == RESPONSES and (answer or {}).get("status") != "completed":
         return None

@@ -456,6 +456,60 @@ def test_an_answer_bigger_than_the_read_buffer_is_read_whole(run: Any) -> None:
     run(main())
 
 
+def test_a_gzip_answer_whose_stream_stops_short_is_a_bad_response(run: Any) -> None:
+    """The HTTP framing is complete, the gzip stream is not: zlib alone would hand back
+    the first part as if it were the whole answer (a 200 with cut-off JSON, cached)."""
+    packed = gzip.compress(b'{"usage":{"prompt_tokens":3}}' * 50)
+    cut = packed[: len(packed) // 2]
+
+    async def stream(request: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(cut), cut))
+
+    async def main() -> None:
+        async with Server(answer(cut, b"Content-Encoding: gzip")) as server:
+            resp = await pool().request(b"POST", server.target(), [], b"{}")
+            with pytest.raises(BadResponse):
+                await resp.read()
+        async with Server(stream) as server:
+            resp = await pool().request(b"POST", server.target(), [], b"{}")
+            with pytest.raises(BadResponse):
+                while await resp.next_chunk():
+                    pass
+        async with Server(answer(b"", b"Content-Encoding: gzip")) as server:
+            resp = await pool().request(b"POST", server.target(), [], b"{}")
+            assert await resp.read() == b""  # an empty body is no stream at all: fine
+
+    run(main())
+
+
+def test_a_connection_handed_over_as_the_wait_times_out_stays_in_the_pool(run: Any) -> None:
+    """The waiter's deadline and the release of a connection come due in one loop
+    iteration (a busy loop): the waiter times out, and the connection it was handed must
+    go back to the pool, not stay counted and unused until the provider closes it."""
+    import time
+
+    async def main() -> None:
+        async with Server(answer(b"")) as server:
+            loop = asyncio.get_running_loop()
+            p = pool(max_connections=1, connect_timeout=0.3)
+            first = await p.request(b"POST", server.target(), [], b"{}")
+            while not first._conn.complete:
+                await asyncio.sleep(0.01)
+            start = loop.time()
+            second = asyncio.ensure_future(p.request(b"POST", server.target(), [], b"{}"))
+            await asyncio.sleep(0)
+            loop.call_at(start + 0.25, time.sleep, 0.1)  # the loop busy across the deadline
+            loop.call_at(start + 0.29, first.release)
+            with pytest.raises(ConnectTimeout):
+                await second
+            third = await p.request(b"POST", server.target(), [], b"{}")
+            assert await third.read() == b""
+            assert (p.open, server.connections) == (1, 1)
+
+    run(main())
+
+
 def test_a_gzip_stream_whose_first_piece_decodes_to_nothing_goes_on(run: Any) -> None:
     payload = b"data: 0\n\ndata: 1\n\ndata: [DONE]\n\n"
     packed = gzip.compress(payload)
