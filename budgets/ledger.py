@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -45,6 +45,15 @@ logger = logging.getLogger(__name__)
 
 # The Lua clamp compares integers held in doubles: exact below 2**53.
 MAX_EXACT = 2**53 - 1
+# UsageRecord's token and latency columns are PositiveIntegerField: an integer on
+# PostgreSQL. An input bound can pass it (45,000 images at gpt-4o-mini's 48,169 tokens
+# each, in a 1 MB body), and one such row made the whole batch fail on every try.
+MAX_DB_INT = 2**31 - 1
+MAX_DB_SMALLINT = 2**15 - 1
+
+
+def _db_int(value: Any, ceiling: int = MAX_DB_INT) -> int:
+    return min(max(int(value), 0), ceiling)
 
 
 class LedgerError(Exception):
@@ -290,14 +299,16 @@ def _usage_rows(records: Sequence[dict[str, Any]]) -> list[Any]:
                 endpoint=str(r.get("endpoint", ""))[:32],
                 model=str(r.get("model", ""))[:100],
                 run_id=str(r.get("run_id", ""))[:128],
-                input_tokens=max(int(r.get("input_tokens", 0)), 0),
-                cached_tokens=max(int(r.get("cached_tokens", 0)), 0),
-                output_tokens=max(int(r.get("output_tokens", 0)), 0),
+                # Held to the columns' range (the cost, a bigint, stays exact): a count
+                # past it is an upper bound that the ledger charged, not a real count.
+                input_tokens=_db_int(r.get("input_tokens", 0)),
+                cached_tokens=_db_int(r.get("cached_tokens", 0)),
+                output_tokens=_db_int(r.get("output_tokens", 0)),
                 cost_micros=int(r.get("cost_micros", 0)),
                 saved_micros=int(r.get("saved_micros", 0)),
                 cache_status=str(r.get("cache_status", "MISS")),
-                http_status=max(int(r.get("http_status", 0)), 0),
-                latency_ms=max(int(r.get("latency_ms", 0)), 0),
+                http_status=_db_int(r.get("http_status", 0), MAX_DB_SMALLINT),
+                latency_ms=_db_int(r.get("latency_ms", 0)),
                 created_at=dt.datetime.fromisoformat(created) if created else timezone.now(),
             )
         )
@@ -529,7 +540,10 @@ class SqlLedger(Ledger):
         for rid in ids:
             try:
                 done += self._settle(rid, 0, None, full=True)
-            except IntegrityError:
+            except DatabaseError:
+                # Logged and skipped, not raised: the ids come oldest first, so one
+                # reservation that cannot be settled would otherwise stop every sweep
+                # before the ones after it, and leave them held against the caps.
                 logger.exception("sweep of reservation %s failed", rid)
         return done
 
@@ -699,9 +713,23 @@ redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
 return 1
 """
 
-# KEYS: 1 usage list. ARGV: 1 count. Drops the first `count` entries (after they are stored).
+# KEYS: 1 usage list, 2 drain lock. ARGV: 1 count, 2 lock token, 3 lock ttl ms.
+# Drops the first `count` entries (after they are stored), only while the caller still
+# holds the drain lock, and renews it. A drainer whose lock ran out (a batch slower than
+# the lock) may find its entries drained by the next holder and new ones at the head:
+# trimming then would drop records nobody stored.
 TRIM_LUA = r"""
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 redis.call('LTRIM', KEYS[1], tonumber(ARGV[1]), -1)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+
+# KEYS: 1 drain lock. ARGV: 1 token. Deletes the lock only if it is still the caller's
+# (a GET then DEL could delete the next holder's lock, which expired in between).
+UNLOCK_LUA = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
@@ -1102,9 +1130,10 @@ class RedisLedger(Ledger):
         client = self.client()
         token = uuid.uuid4().hex
         lock_key = f"{self.prefix}drain-lock"
+        lock_ms = 60_000
         total = 0
         try:
-            if not client.set(lock_key, token, nx=True, px=60_000):
+            if not client.set(lock_key, token, nx=True, px=lock_ms):
                 return 0
             try:
                 while True:
@@ -1119,13 +1148,19 @@ class RedisLedger(Ledger):
                             logger.error("dropping unreadable usage payload %r", item[:200])
                     with transaction.atomic():
                         write_usage_records(records)
-                    self._script("trim")(keys=[self.usage_key], args=[len(raw)])
+                    trimmed = self._script("trim")(
+                        keys=[self.usage_key, lock_key], args=[len(raw), token, lock_ms]
+                    )
+                    if not int(trimmed):
+                        # The lock ran out meanwhile: what was read is stored (again,
+                        # harmlessly); the list is the new holder's to trim.
+                        logger.warning("usage drain lost its lock; stopping")
+                        break
                     total += len(raw)
                     if len(raw) < limit:
                         break
             finally:
-                if client.get(lock_key) == token:
-                    client.delete(lock_key)
+                self._script("unlock")(keys=[lock_key], args=[token])
         except redis.RedisError as exc:
             raise LedgerError(self.where) from exc
         return total
@@ -1165,6 +1200,7 @@ _SCRIPTS = {
     "sweep": SWEEP_LUA,
     "trim": TRIM_LUA,
     "extend": EXTEND_LUA,
+    "unlock": UNLOCK_LUA,
 }
 
 _ledger: Ledger | None = None
