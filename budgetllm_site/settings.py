@@ -360,6 +360,10 @@ if BILLING_CHECKOUT_STANDIN:
 # --- The /v1 proxy ------------------------------------------------------------------------
 # Largest request body accepted (413 above it). Images inside count at the ceiling below.
 PROXY_MAX_BODY_BYTES = env_int("PROXY_MAX_BODY_BYTES", 16 * 1024 * 1024)
+# Embeddings take at most 300k tokens a request at the provider (~2 MB of token ids or
+# escaped text): a larger body only costs the event loop its parse (a 16 MB array of
+# tiny items held a worker's loop ~2.5 s), for an answer that is a refusal anyway.
+PROXY_MAX_EMBEDDINGS_BODY_BYTES = env_int("PROXY_MAX_EMBEDDINGS_BODY_BYTES", 4 * 1024 * 1024)
 # Tokens reserved per image part: above what any current OpenAI model bills for one image.
 PROXY_IMAGE_TOKEN_CEILING = env_int("PROXY_IMAGE_TOKEN_CEILING", 6000)
 # How long a worker reuses a resolved bllm_ key before reading it again: revoking or
@@ -369,6 +373,11 @@ PROXY_UPSTREAM_CONNECT_TIMEOUT_SECONDS = env_int("PROXY_UPSTREAM_CONNECT_TIMEOUT
 # Longest silence allowed from the provider (before the answer, or between stream events).
 PROXY_UPSTREAM_READ_TIMEOUT_SECONDS = env_int("PROXY_UPSTREAM_READ_TIMEOUT_SECONDS", 600)
 PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 256)
+# Most requests one account may have on their way to the provider, per worker (beyond:
+# 429): a quarter of the pool by default, so no single account can take all of it.
+PROXY_MAX_IN_FLIGHT_PER_ACCOUNT = env_int(
+    "PROXY_MAX_IN_FLIGHT_PER_ACCOUNT", max(1, PROXY_UPSTREAM_MAX_CONNECTIONS // 4)
+)
 # Longest a stream waits for its client to take more of it (the client is connected but
 # reads nothing): then the stream ends and frees its provider connection for others.
 PROXY_CLIENT_SEND_TIMEOUT_SECONDS = env_int("PROXY_CLIENT_SEND_TIMEOUT_SECONDS", 60)

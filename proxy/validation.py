@@ -446,6 +446,11 @@ def parse_responses(raw: bytes) -> ParsedRequest:
     )
 
 
+# OpenAI's embeddings limits: inputs per request, and tokens per input.
+MAX_EMBEDDING_INPUTS = 2048
+MAX_EMBEDDING_INPUT_TOKENS = 8192
+
+
 def parse_embeddings(raw: bytes) -> ParsedRequest:
     body = parse_json_object(raw)
     model = _model(body)
@@ -473,6 +478,27 @@ def parse_embeddings(raw: bytes) -> ParsedRequest:
     if body.get("stream"):
         raise bad_request(
             "Embeddings cannot be streamed.", param="stream", code="unsupported_parameter"
+        )
+    # The provider's own limits, checked before the cache key is computed over the body:
+    # more is refused there anyway, after costing this worker's loop the work.
+    if isinstance(input_, list):
+        # A flat list of integers is one input (token ids); any other list, many inputs.
+        one = isinstance(input_[0], int)
+        arrays = [input_] if one else [v for v in input_ if isinstance(v, list)]
+        if not one and len(input_) > MAX_EMBEDDING_INPUTS:
+            raise bad_request(
+                f"Invalid 'input': {len(input_)} items; at most {MAX_EMBEDDING_INPUTS} per "
+                "request.",
+                param="input",
+                code="array_above_max_length",
+            )
+    else:
+        arrays = []
+    if any(len(v) > MAX_EMBEDDING_INPUT_TOKENS for v in arrays):
+        raise bad_request(
+            f"Invalid 'input': a token array longer than {MAX_EMBEDDING_INPUT_TOKENS} tokens.",
+            param="input",
+            code="array_above_max_length",
         )
     # Token arrays: each integer takes at least one byte plus a comma in the raw body,
     # so len(raw) bounds them as well as it bounds text.

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import struct
 import time
@@ -303,10 +304,10 @@ class Exchange:
         extra = [] if err.retryable else [(b"x-should-retry", b"false")]
         await self.respond(err.status, err.body(), extra=extra)
 
-    async def read_body(self, limit: int) -> bytes:
+    async def read_body(self, limit: int, setting: str = "PROXY_MAX_BODY_BYTES") -> bytes:
         declared = self.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit)
+            raise _too_large(limit, setting)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -317,7 +318,7 @@ class Exchange:
             if chunk:
                 size += len(chunk)
                 if size > limit:
-                    raise _too_large(limit)
+                    raise _too_large(limit, setting)
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks) if len(chunks) != 1 else chunks[0]
@@ -355,11 +356,17 @@ class Exchange:
         )
 
 
-def _too_large(limit: int) -> ProxyError:
+_BODY_LIMIT_HINTS = {
+    "PROXY_MAX_BODY_BYTES": "Send images by URL rather than inline to stay under it.",
+    "PROXY_MAX_EMBEDDINGS_BODY_BYTES": "Split the inputs over several requests.",
+}
+
+
+def _too_large(limit: int, setting: str) -> ProxyError:
     return ProxyError(
         413,
         f"Request body too large: BudgetLLM accepts at most {limit} bytes per request "
-        "(PROXY_MAX_BODY_BYTES). Send images by URL rather than inline to stay under it.",
+        f"({setting}). {_BODY_LIMIT_HINTS[setting]}",
         code="request_too_large",
         retryable=False,
     )
@@ -569,8 +576,27 @@ def _upstream_headers(ex: Exchange, secret: str, *, stream: bool) -> list[tuple[
     return headers
 
 
+# An OpenAI key as a provider error may quote it, masked or not ("sk-proj-****…abcd").
+_PROVIDER_KEY_TEXT = re.compile(rb"\bsk-[A-Za-z0-9_*.\-]{4,}")
+
+
 def _as_envelope(payload: bytes, status: int) -> bytes:
-    """The provider's error body if it is OpenAI-shaped, else one wrapped in that shape."""
+    """The provider's error body if it is OpenAI-shaped, else one wrapped in that shape.
+
+    A 401 is about the stored provider key, never the client's bllm_ key: OpenAI's text
+    for it ("Incorrect API key provided: sk-proj-***…abcd") quotes part of that key and
+    sends the client's SDK to platform.openai.com, so it is replaced by our own. Anything
+    else that quotes an sk- key has it cut out."""
+    if status == 401:
+        return ProxyError(
+            401,
+            "The provider rejected the OpenAI key connected to this BudgetLLM key (revoked, "
+            "or restricted). Replace it on the keys page; your BudgetLLM key is fine. "
+            "Nothing was charged.",
+            type_="upstream_error",
+            code="provider_key_rejected",
+        ).body()
+    payload = _PROVIDER_KEY_TEXT.sub(b"sk-\xe2\x80\xa6", payload)
     try:
         body = json.loads(payload)
         if isinstance(body, dict) and isinstance(body.get("error"), dict):
@@ -705,7 +731,12 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
     ex.endpoint = endpoint
     key = await key_authenticate(ex.headers)
     ex.account_id, ex.api_key_public_id = key.account_id, key.api_key_public_id
-    raw = await ex.read_body(max_body)
+    if endpoint == EMBEDDINGS and settings.PROXY_MAX_EMBEDDINGS_BODY_BYTES < max_body:
+        raw = await ex.read_body(
+            settings.PROXY_MAX_EMBEDDINGS_BODY_BYTES, "PROXY_MAX_EMBEDDINGS_BODY_BYTES"
+        )
+    else:
+        raw = await ex.read_body(max_body)
     parsed = PARSERS[endpoint](raw)
     ex.model, ex.stream = parsed.model, parsed.stream
     run_id, run_budget = run_headers(ex.headers)
@@ -778,7 +809,48 @@ async def serve_hit(
         logger.exception("recording a cache hit failed")
 
 
+# Requests of each account (by id) this worker has on their way to the provider.
+_in_flight: dict[int, int] = {}
+
+
 async def forward(
+    ex: Exchange,
+    key: ResolvedKey,
+    parsed: ParsedRequest,
+    path: str,
+    run_id: str,
+    run_budget: int | None,
+    *,
+    cache: bool,
+) -> CacheEntry | None:
+    """`_forward`, within the account's share of this worker's provider connections.
+
+    The pool (PROXY_UPSTREAM_MAX_CONNECTIONS) is shared by every account: without a
+    share, one account's long generations or slowly read streams took every connection,
+    and every other account's requests failed with a 502 after the connect timeout."""
+    limit = settings.PROXY_MAX_IN_FLIGHT_PER_ACCOUNT
+    held = _in_flight.get(key.account_id, 0)
+    if limit > 0 and held >= limit:
+        raise ProxyError(
+            429,
+            f"Too many requests of this account are in progress at once ({limit}, "
+            "PROXY_MAX_IN_FLIGHT_PER_ACCOUNT). Nothing was sent to the provider or "
+            "charged; retry when some have finished.",
+            type_="rate_limit_error",
+            code="too_many_in_flight",
+        )
+    _in_flight[key.account_id] = held + 1
+    try:
+        return await _forward(ex, key, parsed, path, run_id, run_budget, cache=cache)
+    finally:
+        left = _in_flight[key.account_id] - 1
+        if left:
+            _in_flight[key.account_id] = left
+        else:
+            del _in_flight[key.account_id]  # the dict holds only accounts with requests out
+
+
+async def _forward(
     ex: Exchange,
     key: ResolvedKey,
     parsed: ParsedRequest,

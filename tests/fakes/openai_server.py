@@ -6,7 +6,7 @@ and benchmarks start it on 127.0.0.1 and point OPENAI_UPSTREAM_BASE_URL at
 
 Behaviour, deterministic so tests can assert exact numbers:
 - Keys: `Authorization: Bearer sk-…` is accepted; a key containing "invalid" gets
-  OpenAI's 401 envelope.
+  OpenAI's 401 envelope, which quotes the key masked as OpenAI's does.
 - Chat completions: the answer is `FAKE_WORDS` words (each one token), cut to
   max_tokens / max_completion_tokens; prompt_tokens = UTF-8 bytes of the messages'
   text // 4 (never more than the bytes, like a real BPE). n>1, tools (a tool call),
@@ -66,9 +66,12 @@ def check_auth(request: web.Request) -> web.Response | None:
     if not auth.startswith("Bearer sk-"):
         return error(401, "You didn't provide an API key.", "invalid_request_error")
     if "invalid" in auth:
+        # As OpenAI does: the key's first 8 and last 4 characters, the rest masked.
+        key = auth.removeprefix("Bearer ")
+        shown = key[:8] + "*" * max(len(key) - 12, 0) + key[-4:]
         return error(
             401,
-            "Incorrect API key provided: sk-…. You can find your API key at "
+            f"Incorrect API key provided: {shown}. You can find your API key at "
             "https://platform.openai.com/account/api-keys.",
             "invalid_request_error",
             "invalid_api_key",

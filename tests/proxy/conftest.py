@@ -63,6 +63,7 @@ def server_env(upstream: str, **extra: str) -> dict[str, str]:
             "PROXY_FORWARD_HEADERS": "x-fake-status,x-fake-delay-ms,x-fake-no-usage,"
             "x-fake-drop-after,x-fake-stream-delay-only,x-fake-word-bytes",
             "PROXY_MAX_BODY_BYTES": str(256 * 1024),
+            "PROXY_MAX_EMBEDDINGS_BODY_BYTES": str(128 * 1024),
         }
     )
     env.update(extra)

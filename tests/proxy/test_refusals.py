@@ -109,6 +109,15 @@ def test_oversized_body_is_413_with_the_limit_in_the_message(
     assert resp.headers["x-should-retry"] == "false"
     assert fake_openai.stats().get("/v1/chat/completions", 0) == 0
 
+    # Embeddings have a smaller limit of their own (the provider takes 300k tokens).
+    embeddings = int(proxy.env["PROXY_MAX_EMBEDDINGS_BODY_BYTES"])
+    assert embeddings < limit
+    many = b'{"model": "text-embedding-3-small", "input": "' + b"a" * embeddings + b'"}'
+    resp = post(proxy, "/embeddings", many, tenant.raw)
+    error = assert_envelope(resp, 413, "request_too_large")
+    assert "PROXY_MAX_EMBEDDINGS_BODY_BYTES" in error["message"]
+    assert fake_openai.stats().get("/v1/embeddings", 0) == 0
+
 
 def test_audio_input_is_refused_clearly(proxy: ProxyServer, tenant: Tenant) -> None:
     with pytest.raises(openai.BadRequestError) as caught:

@@ -97,6 +97,9 @@ def one_slot_proxy(django_db_setup: None, fake_openai_server: FakeOpenAI) -> Ite
             PROXY_UPSTREAM_MAX_CONNECTIONS="1",
             PROXY_UPSTREAM_CONNECT_TIMEOUT_SECONDS="8",
             PROXY_CLIENT_SEND_TIMEOUT_SECONDS="1",
+            # The tenant's next request must wait for the one connection, not be refused
+            # as the account's second request in flight (the default share of a pool of 1).
+            PROXY_MAX_IN_FLIGHT_PER_ACCOUNT="2",
         )
     )
     try:

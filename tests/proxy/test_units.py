@@ -107,6 +107,18 @@ def test_a_limit_too_large_to_price_is_no_limit_even_beside_a_small_one() -> Non
     assert small.requested_output_tokens == 9  # both priceable: the larger is reserved
 
 
+def test_embeddings_beyond_the_providers_limits_are_refused_before_any_work() -> None:
+    def embed(input_: object) -> bytes:
+        return json.dumps({"model": "text-embedding-3-small", "input": input_}).encode()
+
+    assert parse_embeddings(embed(["a"] * 2048)).model  # the provider's most: fine
+    assert parse_embeddings(embed(list(range(3000)))).model  # one token array, not 3000 inputs
+    for refused in (["a"] * 2049, [[1]] * 2049, list(range(8193)), [[1], list(range(8193))]):
+        with pytest.raises(ProxyError) as caught:
+            parse_embeddings(embed(refused))
+        assert (caught.value.status, caught.value.code) == (400, "array_above_max_length")
+
+
 def test_embeddings_token_arrays_are_bounded_by_the_body() -> None:
     raw = json.dumps({"model": "e", "input": [[1, 2, 3], [4, 5]]}).encode()
     assert parse_embeddings(raw).input_tokens_bound >= 5
