@@ -415,15 +415,21 @@ def responses_replay(full: dict[str, Any]) -> list[bytes]:
             for cidx, part in enumerate(item.get("content") or ()):
                 where = {"item_id": item_id, "output_index": idx, "content_index": cidx}
                 if part.get("type") == "output_text":
+                    # Logprobs (asked for with include=["message.output_text.logprobs"])
+                    # arrive with the text, as the provider streams them: a client reading
+                    # them from the deltas gets them from a hit too.
+                    logprobs = part.get("logprobs") or []
                     empty = {**part, "text": "", "annotations": []}
+                    if "logprobs" in part:
+                        empty["logprobs"] = []
                     emit("response.content_part.added", {**where, "part": empty})
                     emit(
                         "response.output_text.delta",
-                        {**where, "delta": part.get("text", ""), "logprobs": []},
+                        {**where, "delta": part.get("text", ""), "logprobs": logprobs},
                     )
                     emit(
                         "response.output_text.done",
-                        {**where, "text": part.get("text", ""), "logprobs": []},
+                        {**where, "text": part.get("text", ""), "logprobs": logprobs},
                     )
                 elif part.get("type") == "refusal":
                     emit("response.content_part.added", {**where, "part": {**part, "refusal": ""}})

@@ -400,6 +400,21 @@ def parse_responses(raw: bytes) -> ParsedRequest:
             param="input",
             code="invalid_type" if input_ is not None else "missing",
         )
+    if isinstance(input_, list):
+        for i, item in enumerate(input_):
+            # An item reference's `type` is optional: `{"id": "msg_…"}` alone makes the
+            # provider bill the stored item's tokens, which its few bytes do not bound
+            # (and no media marker sends it to the walk that refuses typed ones). Every
+            # other item without a type is a message, which has a role.
+            if isinstance(item, dict) and item.get("type") is None and "role" not in item:
+                raise bad_request(
+                    f"BudgetLLM does not forward item references (stored items) "
+                    f"('input[{i}]' has no type and no role, so it refers to a stored item "
+                    "by id): its token cost cannot be bounded before the call, so a cap "
+                    "could be exceeded. Send the item's full content instead.",
+                    param=f"input[{i}]",
+                    code="unsupported_content",
+                )
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise bad_request(

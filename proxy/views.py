@@ -442,11 +442,33 @@ def refusal_error(exc: Refused) -> ProxyError:
 
 
 def _may_reason(model: str) -> bool:
-    """Models that bill hidden reasoning tokens, which a stream never shows."""
-    name = model.rsplit("/", 1)[-1]
+    """Models that bill hidden reasoning tokens, which a stream never shows (fine-tuned
+    ones too: "ft:o4-mini-2025-04-16:org::id")."""
+    name = model.rsplit("/", 1)[-1].removeprefix("ft:")
     return (name[:2] in ("o1", "o3", "o4") or name.startswith(("gpt-5", "codex"))) and (
         "chat" not in name
     )
+
+
+# The fewest output tokens worth sending a request for, when the budget would lower its
+# limit: below it the request is refused instead (402). A reasoning model thinks first,
+# in output tokens: lowered to a handful, it was sold an answer with no text in it.
+MIN_OUTPUT_TOKENS = 16
+MIN_REASONING_OUTPUT_TOKENS = 1024
+
+
+def _min_output_tokens(parsed: ParsedRequest) -> int:
+    if parsed.endpoint == EMBEDDINGS:
+        return 0
+    if not _may_reason(parsed.model):
+        return MIN_OUTPUT_TOKENS
+    if parsed.endpoint == CHAT:
+        effort = parsed.body.get("reasoning_effort")
+    else:
+        reasoning = parsed.body.get("reasoning")
+        effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    # Asked to think little or not at all: a short answer is an answer.
+    return MIN_OUTPUT_TOKENS if effort in ("none", "minimal") else MIN_REASONING_OUTPUT_TOKENS
 
 
 # --- accounting ------------------------------------------------------------------------
@@ -771,14 +793,43 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
                 logger.exception("cache write failed")
 
 
+# Request fields a Responses answer echoes back that the cache key leaves out (they do
+# not change what the model writes), with what the provider echoes when one is not sent.
+# A hit carries this request's values, not the original request's: a client that tags
+# requests with metadata and reads the tag back must not get another request's tag.
+_RESPONSES_ECHOED: dict[str, Any] = {
+    "metadata": {},
+    "user": None,
+    "safety_identifier": None,
+    "prompt_cache_key": None,
+    "prompt_cache_retention": None,
+    "store": True,
+}
+
+
+def _echo_request_fields(full: Any, request: dict[str, Any]) -> Any:
+    if not isinstance(full, dict):
+        return full
+    for name, absent in _RESPONSES_ECHOED.items():
+        if name in full:  # only what the provider echoed: add nothing it did not send
+            value = request.get(name)
+            full[name] = absent if value is None else value
+    return full
+
+
 async def serve_hit(
     ex: Exchange, key: ResolvedKey, parsed: ParsedRequest, entry: CacheEntry, run_id: str
 ) -> None:
     """A cached answer: $0, never blocked by caps, saved = what the original cost."""
     ex.cache_status = "HIT"
     ex.saved = entry.cost_micros
+    body = entry.body
+    full: Any = None
+    if parsed.endpoint == RESPONSES:
+        full = _echo_request_fields(json.loads(body), parsed.body)
+        body = json.dumps(full, separators=(",", ":")).encode()
     if parsed.stream:
-        full = json.loads(entry.body)
+        full = full if full is not None else json.loads(body)
         events = (
             chat_replay(full, include_usage=parsed.client_wants_usage)
             if parsed.endpoint == CHAT
@@ -787,7 +838,7 @@ async def serve_hit(
         await ex.start(200, b"text/event-stream; charset=utf-8", _SSE_HEADERS)
         await ex.send({"type": "http.response.body", "body": b"".join(events)})
     else:
-        await ex.respond(200, entry.body)
+        await ex.respond(200, body)
     usage = UsageData(
         request_id=ex.request_id,
         endpoint=parsed.endpoint,
@@ -879,7 +930,7 @@ async def _forward(
                 choices=parsed.choices,
                 run_id=run_id,
                 run_budget_micros=run_budget,
-                min_output_tokens=0 if parsed.endpoint == EMBEDDINGS else 16,
+                min_output_tokens=_min_output_tokens(parsed),
                 request_id=ex.request_id,
             )
         )

@@ -335,7 +335,10 @@ async def responses(request: web.Request) -> web.StreamResponse:
         "tool_choice": "auto",
         "tools": [],
         "top_p": 1.0,
-        "metadata": {},
+        # Echoed from the request, as OpenAI does.
+        "metadata": body.get("metadata") or {},
+        "user": body.get("user"),
+        "store": body.get("store", True),
         "text": {"format": {"type": "text"}},
         "truncation": "disabled",
     }

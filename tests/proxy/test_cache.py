@@ -170,3 +170,29 @@ def test_identical_requests_in_flight_go_upstream_once(
     assert fake_openai.stats()["/v1/chat/completions"] == 1
     assert sorted(status for status, _ in results) == ["HIT"] * 5 + ["MISS"]
     assert {text for _, text in results} == {TEXT}
+
+
+def test_a_responses_hit_echoes_this_requests_metadata_not_the_originals(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    # metadata, user and store do not change what the model writes, so they are not in
+    # the key; but a Response echoes them, and a client that tags a request and reads the
+    # tag back must get its own tag from a hit, streamed or not.
+    client = proxy.client(tenant.raw)
+    first = client.responses.create(
+        model="gpt-4o-mini", input="Tag me", metadata={"job": "a"}, user="u1"
+    )
+    raw = client.responses.with_raw_response.create(
+        model="gpt-4o-mini", input="Tag me", metadata={"job": "b"}, store=False
+    )
+    second = raw.parse()
+    with client.responses.stream(model="gpt-4o-mini", input="Tag me") as stream:
+        for _ in stream:
+            pass
+        third = stream.get_final_response()
+    assert raw.headers["x-budgetllm-cache"] == "HIT"
+    assert fake_openai.stats()["/v1/responses"] == 1
+    assert (first.metadata, first.user, first.store) == ({"job": "a"}, "u1", True)
+    assert (second.metadata, second.user, second.store) == ({"job": "b"}, None, False)
+    assert (third.metadata, third.user) == ({}, None)
+    assert second.output_text == third.output_text == first.output_text

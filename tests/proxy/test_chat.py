@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import openai
 import pytest
 
 from budgets.models import MICROS_PER_USD, Cap
@@ -137,6 +138,24 @@ def test_output_is_clamped_to_what_the_cap_affords(proxy: ProxyServer, tenant: T
     completion = raw.parse()
     assert completion.usage.completion_tokens == min(20, allowed)
     assert micros(raw.headers["x-budgetllm-cost-usd"]) <= 600
+
+
+def test_a_reasoning_model_is_refused_rather_than_lowered_to_an_empty_answer(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    # o4-mini: $4.40 / M output. $0.0004 affords ~80 output tokens: enough for gpt-4o-mini
+    # to answer, but a reasoning model spends them thinking and returns no text.
+    tenant.cap("0.0004")
+    client = proxy.client(tenant.raw, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="o4-mini", messages=MESSAGES)
+    assert caught.value.status_code == 402
+    assert fake_openai.stats().get("/v1/chat/completions", 0) == 0
+    # Asked not to think much, the same model gets the shorter answer the cap affords.
+    raw = client.chat.completions.with_raw_response.create(
+        model="o4-mini", messages=MESSAGES, reasoning_effort="minimal"
+    )
+    assert 16 <= int(raw.headers["x-budgetllm-max-tokens"]) < 1024
 
 
 def test_the_next_request_meets_the_previous_one_settled(

@@ -258,3 +258,16 @@ def test_unknown_path_is_404_envelope(proxy: ProxyServer, tenant: Tenant) -> Non
     # shape too, not with the website's HTML page.
     root = httpx.get(proxy.base_url, headers={"Authorization": f"Bearer {tenant.raw}"})
     assert_envelope(root, 404, "unknown_url")
+
+
+def test_a_typeless_item_reference_never_reaches_the_provider(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    # The SDK's ItemReference makes `type` optional: `{"id": "msg_…"}` alone has the
+    # provider bill the stored item's tokens, which the request's few bytes do not bound.
+    client = proxy.client(tenant.raw, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="gpt-4o-mini", input=[{"id": "msg_stored_elsewhere"}])
+    assert caught.value.code == "unsupported_content"
+    assert fake_openai.stats().get("/v1/responses", 0) == 0
+    assert records(tenant.account) == []

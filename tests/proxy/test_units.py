@@ -60,6 +60,9 @@ def test_an_escaped_media_key_cannot_dodge_the_image_ceiling(settings) -> None: 
     [
         {"model": "m", "input": "x", "previous_response_id": "resp_1"},
         {"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]},
+        # The SDK's ItemReference has an optional type: an id alone references the item.
+        {"model": "m", "input": [{"role": "user", "content": "hi"}, {"id": "msg_1"}]},
+        {"model": "m", "input": [{"id": "msg_1", "type": None}]},
         {"model": "m", "input": "x", "tools": [{"type": "web_search"}]},
         {"model": "m", "input": "x", "background": True},
     ],
@@ -216,3 +219,20 @@ def test_responses_replay_is_a_valid_event_sequence() -> None:
     assert kinds[0] == b"event: response.created" and kinds[-1] == b"event: response.completed"
     seqs = [json.loads(e.split(b"data: ", 1)[1])["sequence_number"] for e in events]
     assert seqs == list(range(len(events)))
+
+
+def test_responses_replay_streams_the_logprobs_with_the_text() -> None:
+    # Asked for with include=["message.output_text.logprobs"], logprobs stream with the
+    # text deltas; a client reading them there got [] from a hit (and the whole list in
+    # the part before any text had arrived).
+    full = completed_response()
+    logprobs = [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]
+    full["output"][0]["content"][0]["logprobs"] = logprobs
+    events = {}
+    for event in responses_replay(full):
+        payload = json.loads(event.split(b"data: ", 1)[1])
+        events[payload["type"]] = payload
+    assert events["response.content_part.added"]["part"]["logprobs"] == []
+    assert events["response.output_text.delta"]["logprobs"] == logprobs
+    assert events["response.output_text.done"]["logprobs"] == logprobs
+    assert events["response.completed"]["response"] == full
