@@ -264,12 +264,10 @@ def _check_tools(body: dict[str, Any]) -> None:
 
 # Models that run a web search on every request (with or without web_search_options) and
 # bill it per call, on top of tokens: the price database prices their tokens only.
-_SEARCH_MODEL_MARKERS = ("search-preview", "search-api")
-
-
 def _check_search_model(model: str) -> None:
-    name = model.strip().lower()
-    if any(name.find(marker) != -1 for marker in _SEARCH_MODEL_MARKERS):
+    name = model.lower()
+    # Two plain searches: this runs on every request (a generator over a tuple cost more).
+    if name.find("search-preview") != -1 or name.find("search-api") != -1:
         raise bad_request(
             f"The model '{model}' is not supported through BudgetLLM: it searches the web on "
             "every request and bills each search per call, beyond its tokens, so a cap "
