@@ -681,6 +681,22 @@ def _upstream_failure(exc: UpstreamError, *, charged: bool) -> ProxyError:
     )
 
 
+async def _pass_refusal(
+    ex: Exchange,
+    parsed: ParsedRequest,
+    admission: Admission,
+    run_id: str,
+    status: int,
+    payload: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """The provider refused (a bad parameter, its own rate limit...): its status and error
+    go to the client, and nothing is charged."""
+    await _release(admission, _usage(ex, parsed, run_id, Tokens(0, 0, 0), 0, status))
+    ex.remaining = _remaining_after(admission, 0)
+    await ex.respond(status, _as_envelope(payload, status), extra=headers)
+
+
 async def _account_failed_call(
     ex: Exchange,
     parsed: ParsedRequest,
@@ -1051,10 +1067,7 @@ async def relay_plain(
         passthrough = []
     ex.upstream_seconds = time.perf_counter() - t0
     if status != 200:
-        # The provider refused (bad parameter, its own rate limit...): nothing is charged.
-        await _release(admission, _usage(ex, parsed, run_id, Tokens(0, 0, 0), 0, status))
-        ex.remaining = _remaining_after(admission, 0)
-        await ex.respond(status, _as_envelope(payload, status), extra=passthrough)
+        await _pass_refusal(ex, parsed, admission, run_id, status, payload, passthrough)
         return None
     tokens, answer = _tokens_from_body(parsed.endpoint, payload)
     reported = tokens is not None
@@ -1249,13 +1262,8 @@ async def relay_stream(
         except UpstreamError:
             payload = b""
         ex.upstream_seconds = time.perf_counter() - t0
-        await _release(admission, _usage(ex, parsed, run_id, Tokens(0, 0, 0), 0, resp.status))
-        ex.remaining = _remaining_after(admission, 0)
-        await ex.respond(
-            resp.status,
-            _as_envelope(payload, resp.status),
-            extra=_passthrough_headers(resp.headers),
-        )
+        passthrough = _passthrough_headers(resp.headers)
+        await _pass_refusal(ex, parsed, admission, run_id, resp.status, payload, passthrough)
         return None
 
     state: ChatStream | ResponsesStream = (
