@@ -95,19 +95,6 @@ def usd(micros: int) -> str:
     return f"${amount.quantize(places, rounding=ROUND_HALF_UP):,}"
 
 
-def cap_label(cap: Cap) -> str:
-    """Words for a cap: 'Monthly account cap', 'Daily cap for key “prod”', …"""
-    period = {"day": "Daily", "month": "Monthly", "run": "Per-run"}.get(cap.period, cap.period)
-    key_name = f"key “{cap.api_key.name}”" if cap.api_key_id and cap.api_key else ""
-    if cap.scope == Cap.Scope.ACCOUNT:
-        return f"{period} account cap"
-    if cap.scope == Cap.Scope.KEY:
-        return f"{period} cap for {key_name}"
-    if cap.scope == Cap.Scope.MODEL:
-        return f"{period} cap for model {cap.model}" + (f" on {key_name}" if key_name else "")
-    return f"{period} run cap for {key_name}"
-
-
 def dashboard_url() -> str:
     return settings.SITE_URL + reverse("dashboard")
 
@@ -555,7 +542,7 @@ def _claim(*, usage: CapUsage, threshold: int) -> bool:
 
 def threshold_message(*, usage: CapUsage, threshold: int, tz: ZoneInfo) -> AlertMessage:
     cap = usage.cap
-    label = cap_label(cap)
+    label = cap.label
     resets = usage.resets_at.astimezone(tz).strftime("%Y-%m-%d %H:%M")
     reached = (
         "reached — requests that would exceed it are refused" if threshold >= 100 else "reached"

@@ -54,6 +54,23 @@ class Cap(models.Model):
     def __str__(self) -> str:
         return f"{self.scope}/{self.period} {self.limit_micros}µ$"
 
+    @property
+    def label(self) -> str:
+        """Words for the cap, the same on the Caps page, in alerts and in the shell:
+        'Monthly account cap', 'Daily cap on key “prod”', 'Per-run cap of key “agent”'."""
+        period = {"day": "Daily", "month": "Monthly", "run": "Per-run"}.get(
+            self.period, self.period
+        )
+        key = self.api_key if self.api_key_id else None
+        if self.scope == Cap.Scope.ACCOUNT:
+            return f"{period} account cap"
+        if self.scope == Cap.Scope.KEY:
+            return f"{period} cap on key “{key.name if key else '?'}”"
+        if self.scope == Cap.Scope.MODEL:
+            where = f" on key “{key.name}”" if key else ""
+            return f"{period} cap on model {self.model}{where}"
+        return f"{period} cap" + (f" of key “{key.name}”" if key else "")
+
 
 class UsageRecord(models.Model):
     class CacheStatus(models.TextChoices):

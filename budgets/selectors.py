@@ -237,20 +237,7 @@ class CapProgress:
 
     @property
     def label(self) -> str:
-        return cap_label(self.cap)
-
-
-def cap_label(cap: Cap) -> str:
-    period = {"day": "Daily", "month": "Monthly", "run": "Per-run"}[cap.period]
-    if cap.scope == Cap.Scope.ACCOUNT:
-        return f"{period} account cap"
-    if cap.scope == Cap.Scope.KEY:
-        return f"{period} cap on key “{cap.api_key.name if cap.api_key else '?'}”"
-    if cap.scope == Cap.Scope.MODEL:
-        where = f" on key “{cap.api_key.name}”" if cap.api_key else ""
-        return f"{period} cap on model {cap.model}{where}"
-    where = f" of key “{cap.api_key.name}”" if cap.api_key else ""
-    return f"{period} cap{where}"
+        return self.cap.label
 
 
 def _cap_matches(cap: Cap, bucket: Bucket) -> bool:

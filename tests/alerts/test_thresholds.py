@@ -190,7 +190,7 @@ def test_alert_says_which_cap_spent_limit_reset_and_links_the_dashboard(
         spend(owner.account, 5 * USD, api_key=a_key(owner.account, "other"))  # not this cap
         alerts.alerts_evaluate(account_id=owner.account.pk)
     [message] = mail.outbox
-    assert message.subject == "[BudgetLLM] Daily cap for key “prod” at 80%"
+    assert message.subject == "[BudgetLLM] Daily cap on key “prod” at 80%"
     assert "$1.70 of $2.00 spent; resets 2026-11-24 00:00 Asia/Kolkata" in message.body
     assert "Dashboard: https://budgetllm.example.com/dashboard/" in message.body
 

@@ -50,6 +50,12 @@ def test_provision_creates_account_provider_key_caps_and_prints_the_key_last(
         ("account", "day", 5_000_000, None),
         ("run", "run", 500_000, resolved.api_key_id),
     }
+    # What was set, in the words the Caps page uses.
+    assert lines[1:4] == [
+        "Monthly account cap: $50.00",
+        "Daily account cap: $5.00",
+        "Per-run cap of key “default”: $0.50",
+    ]
     assert fake_openai.stats()["/v1/models"] == 1  # the key was checked
     assert KEY not in "\n".join(lines)  # the provider key is never printed
 

@@ -25,6 +25,7 @@ from accounts.models import Membership
 from accounts.services import user_get_or_create
 from budgets.caps import CapInvalid, CapSpec, cap_upsert
 from budgets.models import MICROS_PER_USD, Cap
+from budgets.money import usd
 from keys import vault
 from keys.models import ProviderKey
 from keys.services import (
@@ -69,7 +70,7 @@ class Command(BaseCommand):
     @sensitive_variables("options", "raw_key", "key")
     def handle(self, *args: Any, **options: Any) -> None:
         raw_key = options["openai_key"].strip()
-        caps = [
+        given = [
             (Cap.Scope.ACCOUNT, Cap.Period.MONTH, options["monthly_cap_usd"], "--monthly-cap-usd"),
             (Cap.Scope.ACCOUNT, Cap.Period.DAY, options["daily_cap_usd"], "--daily-cap-usd"),
             (
@@ -81,7 +82,7 @@ class Command(BaseCommand):
             (Cap.Scope.KEY, Cap.Period.DAY, options["key_daily_cap_usd"], "--key-daily-cap-usd"),
             (Cap.Scope.RUN, Cap.Period.RUN, options["run_cap_usd"], "--run-cap-usd"),
         ]
-        wanted = [(s, p, _micros(v, f)) for s, p, v, f in caps if v is not None]
+        wanted = [(s, p, _micros(v, f)) for s, p, v, f in given if v is not None]
 
         try:
             # The key is checked before anything is written: a key that is malformed or
@@ -100,7 +101,7 @@ class Command(BaseCommand):
                 api_key, raw = api_key_create(
                     account=account, actor=user, provider_key=provider_key, name=options["key_name"]
                 )
-                for scope, period, limit in wanted:
+                caps: list[Cap] = [
                     cap_upsert(
                         account=account,
                         actor=user,
@@ -111,6 +112,8 @@ class Command(BaseCommand):
                             api_key=api_key if scope != Cap.Scope.ACCOUNT else None,
                         ),
                     )
+                    for scope, period, limit in wanted
+                ]
         except (KeyServiceError, CapInvalid) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(
@@ -118,8 +121,8 @@ class Command(BaseCommand):
         )
         if reused:
             self.stdout.write(f"Reusing the stored provider key {provider_key.hint}")
-        for _scope, _period, limit in wanted:
-            self.stdout.write(f"Cap: {_scope} {_period} ${Decimal(limit) / MICROS_PER_USD}")
+        for cap in caps:
+            self.stdout.write(f"{cap.label}: {usd(cap.limit_micros)}")
         self.stdout.write(
             f"Provider key {provider_key.hint}; BudgetLLM key '{api_key.name}' (shown once):"
         )
