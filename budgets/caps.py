@@ -17,6 +17,7 @@ from keys.models import ApiKey
 
 from .display import format_usd
 from .models import MICROS_PER_USD, Cap
+from .services import canonical_model
 
 DEFAULT_THRESHOLDS = [50, 80, 100]
 # Onboarding's prefilled monthly cap: enough to build with, small enough to be a real stop.
@@ -98,6 +99,26 @@ def _identity(account: Account, spec: CapSpec) -> dict[str, object]:
     }
 
 
+def _refuse_another_name_of_a_capped_model(account: Account, spec: CapSpec) -> None:
+    # The ledger counts a model cap by canonical name (budgets.services.canonical_model:
+    # letter case and dated snapshots are one model) and applies only the strictest of
+    # caps that share it, so a second row for the same model would show a limit that
+    # never applies. Point at the cap that does instead.
+    model = spec.model.strip()
+    wanted = canonical_model(model)
+    others = Cap.objects.filter(
+        account=account, scope=Cap.Scope.MODEL, period=spec.period, api_key=spec.api_key
+    ).exclude(model=model)
+    for other in others:
+        if canonical_model(other.model) == wanted:
+            raise CapInvalid(
+                f"A {other.get_period_display().lower()} cap on model {other.model} already "
+                f"covers {model} (letter case and dated snapshots count as one model). "
+                "Change that cap instead.",
+                field="model",
+            )
+
+
 def cap_upsert(*, account: Account, actor: User | None, spec: CapSpec) -> Cap:
     """Create the cap, or change the limit of the cap with the same scope, key, model and
     period (one cap per target and period, so the ledger never has to pick between two)."""
@@ -108,6 +129,8 @@ def cap_upsert(*, account: Account, actor: User | None, spec: CapSpec) -> Cap:
         # Serialise cap edits per account: two tabs saving at once leave one row.
         Account.objects.select_for_update().filter(pk=account.pk).first()
         cap = Cap.objects.filter(**identity).first()  # type: ignore[arg-type]
+        if cap is None and spec.scope == Cap.Scope.MODEL:
+            _refuse_another_name_of_a_capped_model(account, spec)
         if cap is None:
             return Cap.objects.create(
                 **identity,  # type: ignore[arg-type]

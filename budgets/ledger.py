@@ -633,6 +633,10 @@ if tight > 0 and tight_rem < full then
   end
   if out < minout then
     redis.call('HSET', KEYS[4 + tight], 'x', tight_lim)
+    -- The mark may be the counter's first write (a new run id, a fresh day): it must
+    -- expire like the counter would, or each such refusal leaves a hash for good.
+    local texp = tonumber(ARGV[9 + 2 * tight])
+    if texp > 0 then redis.call('EXPIREAT', KEYS[4 + tight], texp) end
     return {-1, tight, tight_s, tight_r}
   end
   local mm = fixed + out * per

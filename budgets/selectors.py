@@ -26,6 +26,7 @@ from keys.models import ApiKey
 from .display import percent
 from .models import Cap, DailyUsage, RunDailyUsage, RunMonthlyUsage, UsageRecord
 from .rollups import local_day_bounds
+from .services import canonical_model
 
 CHART_PERIODS = (7, 30, 90)
 DEFAULT_CHART_DAYS = 30
@@ -247,7 +248,12 @@ def _cap_matches(cap: Cap, bucket: Bucket) -> bool:
     if cap.scope == Cap.Scope.KEY:
         return key_id == cap.api_key_id
     if cap.scope == Cap.Scope.MODEL:
-        return model == cap.model and (cap.api_key_id is None or key_id == cap.api_key_id)
+        # The ledger counts a request against a model cap by canonical name (dated
+        # snapshots and any case: gpt-4o-2024-08-06 and GPT-4o count against gpt-4o), so
+        # the progress shown must too, or an enforced cap shows as barely used.
+        return canonical_model(model) == canonical_model(cap.model) and (
+            cap.api_key_id is None or key_id == cap.api_key_id
+        )
     return False
 
 

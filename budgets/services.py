@@ -219,7 +219,11 @@ class BudgetExceeded(Refused):
         self.resets_at = resets_at
         self.needed_micros = needed_micros
         self.code = f"{scope}_{period}_cap"
-        name = f"{PERIOD_WORDS.get(period, period)} {SCOPE_WORDS.get(scope, scope)} cap"
+        # "Per-run cap", not "Per-run run cap": a run cap's scope and period are one word.
+        words = [PERIOD_WORDS.get(period, period)]
+        if scope != period:
+            words.append(SCOPE_WORDS.get(scope, scope))
+        name = " ".join([*words, "cap"])
         if subject:
             name += f" ({subject})"
         in_flight = (
@@ -586,17 +590,27 @@ def plan_admission(req: AdmitRequest, config: AccountConfig, *, now: dt.datetime
             for c in config.caps
             if c.scope == "run" and c.api_key_id == key.api_key_id
         ]
+        run_limit = _strictest(run_limits)
+        subject = f"run '{req.run_id}'"
         if req.run_budget_micros is not None:
             # The header can only lower the key's run cap, never raise it.
-            run_limits.append(min(max(req.run_budget_micros, 0), MAX_EXACT))
+            header = min(max(req.run_budget_micros, 0), MAX_EXACT)
+            if run_limit is None or header < run_limit:
+                # A refusal quotes this limit: say it is the header's, not the Caps page's.
+                subject += (
+                    ", set by X-BudgetLLM-Run-Budget-USD"
+                    if run_limit is None
+                    else f", lowered from {usd(run_limit)} by X-BudgetLLM-Run-Budget-USD"
+                )
+                run_limit = header
         counters += (
             CounterSpec(
                 key=run_counter_key(api_key_id=key.api_key_id, run_id=req.run_id),
-                limit_micros=_strictest(run_limits),
+                limit_micros=run_limit,
                 expires_at=now + retention,
             ),
         )
-        infos += (CounterInfo("run", RUN, f"run '{req.run_id}'", None),)
+        infos += (CounterInfo("run", RUN, subject, None),)
 
     embeddings = req.endpoint == "embeddings"
     rate_in, _, rate_out = price.rates_for(input_tokens=max(req.input_tokens_bound, 0))

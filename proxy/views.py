@@ -376,6 +376,7 @@ def _too_large(limit: int, setting: str) -> ProxyError:
 
 
 RUN_BUDGET_MAX_USD = Decimal(MAX_EXACT) / 1_000_000
+MICRO_USD = Decimal("0.000001")
 
 
 def run_headers(headers: dict[str, str]) -> tuple[str, int | None]:
@@ -405,7 +406,10 @@ def run_headers(headers: dict[str, str]) -> tuple[str, int | None]:
         )
     # Rounded down: a run budget may only lower the run's cap. Any amount above what the
     # ledger counts exactly lowers nothing, so it is held there (1e309 must not reach SQL).
-    micros = int((min(amount, RUN_BUDGET_MAX_USD) * 1_000_000).to_integral_value(ROUND_FLOOR))
+    # Floored to whole micro-dollars BEFORE scaling: a product with more digits than the
+    # decimal context's 28 would be rounded to nearest first, up to the next micro-dollar.
+    held = min(amount, RUN_BUDGET_MAX_USD).quantize(MICRO_USD, rounding=ROUND_FLOOR)
+    micros = int(held * 1_000_000)
     return run_id, micros
 
 

@@ -166,6 +166,31 @@ def test_run_budget_header_can_lower_the_run_cap_but_never_raise_it(key) -> None
     assert exc.value.code == "run_run_cap" and exc.value.resets_at is None
 
 
+def test_a_run_refusal_names_the_run_cap_and_the_header_that_lowered_it(
+    key, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    # The Caps page shows the key's run cap; a 402 quoting a lower figure must say where
+    # that figure came from, or the user hunts for a cap that is not there.
+    cap(key, scope="run", period="run", limit=300)
+    with pytest.raises(BudgetExceeded) as exc:
+        admit(request(key, run_id="r1", run_budget_micros=100))
+    assert exc.value.message.startswith(
+        "Per-run cap (run 'r1', lowered from $0.0003 by X-BudgetLLM-Run-Budget-USD) of "
+        "$0.0001 reached: $0.00 spent; run caps do not reset"
+    )
+    assert exc.value.code == "run_run_cap" and exc.value.limit_micros == 100
+    with pytest.raises(BudgetExceeded) as exc:
+        admit(request(key, run_id="r2", run_budget_micros=10_000, input_tokens_bound=5_000))
+    assert exc.value.message.startswith("Per-run cap (run 'r2') of $0.0003 reached")
+    with django_capture_on_commit_callbacks(execute=True):
+        Cap.objects.get(scope="run").delete()
+    with pytest.raises(BudgetExceeded) as exc:
+        admit(request(key, run_id="r3", run_budget_micros=100))
+    assert exc.value.message.startswith(
+        "Per-run cap (run 'r3', set by X-BudgetLLM-Run-Budget-USD) of $0.0001 reached"
+    )
+
+
 def test_a_cap_change_applies_to_the_very_next_request(
     key, django_capture_on_commit_callbacks
 ) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from accounts.models import Account
 from budgets.ledger import CounterBatch, CounterSpec, Ledger, Quote, RedisLedger, SqlLedger
 from budgets.models import Reservation, UsageRecord
 
-from .conftest import build, cleanup_redis, make_api_key
+from .conftest import REDIS_SKIP, REDIS_URL, build, cleanup_redis, make_api_key, redis_ledger
 
 # 1 micro-dollar per input token and 2 per output token (in micro-micros per token).
 PER_IN = 1_000_000
@@ -364,3 +364,21 @@ def test_concurrent_requests_never_exceed_the_cap_and_records_match(ledger_kind)
     finally:
         if isinstance(ledger, RedisLedger):
             cleanup_redis(ledger)
+
+
+@pytest.mark.skipif(REDIS_SKIP, reason=f"no Redis answers at {REDIS_URL}")
+def test_a_counter_a_refusal_creates_in_redis_still_expires(account) -> None:  # type: ignore[no-untyped-def]
+    # A refusal marks the refusing counter (the key shows as capped). When that is the
+    # counter's first touch (a new run id whose budget header is 0, a prompt dearer than
+    # a fresh day's cap), the mark must carry the counter's expiry too: an agent minting a
+    # run id per request would otherwise leave Redis one never-expiring hash per refusal.
+    ledger = redis_ledger()
+    try:
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=90)
+        fresh = CounterSpec("run:1:fresh", limit_micros=0, expires_at=expires)
+        _, outcome = reserve(ledger, account, [fresh])
+        assert not outcome.ok
+        ttl = ledger.client().ttl(ledger.counter_key(fresh.key))
+        assert 0 < ttl <= 90 * 86400
+    finally:
+        cleanup_redis(ledger)

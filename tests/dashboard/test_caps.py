@@ -115,3 +115,30 @@ def test_caps_are_one_click_away_from_every_page(owner) -> None:  # type: ignore
     # Caps are the product: the nav links to them, not only the dashboard's button.
     for url in ("/keys/", "/alerts/", "/billing/", "/account/settings/", "/welcome/"):
         assert b'<a href="/caps/">Caps</a>' in owner.client.get(url).content, url
+
+
+def test_a_model_cap_under_another_name_of_a_capped_model_is_refused(owner) -> None:  # type: ignore[no-untyped-def]
+    # The ledger counts "GPT-4o" and "gpt-4o-2024-08-06" as gpt-4o and applies only the
+    # strictest of such caps: a second row would list a limit that never applies (a $50
+    # cap on the snapshot, refused at the $5 of gpt-4o's).
+    def model_cap(model: str, dollars: int, period: str = "month") -> Cap:
+        spec = CapSpec(
+            scope="model", period=period, limit_micros=dollars * MICROS_PER_USD, model=model
+        )
+        return cap_upsert(account=owner.account, actor=None, spec=spec)
+
+    model_cap("gpt-4o", 5)
+    for other_name in ("GPT-4o", "gpt-4o-2024-08-06"):
+        with pytest.raises(CapInvalid) as exc:
+            model_cap(other_name, 50)
+        assert exc.value.field == "model"
+        assert "cap on model gpt-4o already covers" in str(exc.value)
+    assert list(Cap.objects.values_list("model", "limit_micros")) == [("gpt-4o", 5_000_000)]
+    model_cap("gpt-4o", 7)  # the same name changes that cap, as before
+    model_cap("GPT-4o", 1, period="day")  # another period is another cap
+    model_cap("gpt-4o-mini", 1)  # another model
+    assert sorted(Cap.objects.values_list("model", "period", "limit_micros")) == [
+        ("GPT-4o", "day", 1_000_000),
+        ("gpt-4o", "month", 7_000_000),
+        ("gpt-4o-mini", "month", 1_000_000),
+    ]

@@ -121,6 +121,22 @@ def test_capped_key_shows_banner_naming_cap_and_reset(owner, key) -> None:  # ty
     assert "Raise cap" in body and "Sat 21 Nov, 00:00" in body
 
 
+def test_a_model_cap_counts_its_snapshots_and_any_case_like_the_ledger(owner, key) -> None:  # type: ignore[no-untyped-def]
+    # The ledger counts gpt-4o-2024-08-06 and "GPT-4o" against a cap on gpt-4o
+    # (budgets.services.canonical_model): the caps page must show the same spend, or a cap
+    # the proxy already enforces shows as barely used.
+    Cap.objects.create(
+        account=owner.account, scope="model", model="gpt-4o", period="day", limit_micros=5000
+    )
+    record(owner.account, key, NOW, cost=3000, model="gpt-4o-2024-08-06")
+    record(owner.account, key, NOW, cost=2000, model="GPT-4o")
+    record(owner.account, key, NOW, cost=700, model="gpt-4o-mini")  # another model
+    [progress] = owner.client.get(reverse("caps")).context["caps"]
+    assert progress.spent_micros == 5000 and progress.reached
+    body = owner.client.get(reverse("dashboard")).content.decode()
+    assert "Daily cap on model gpt-4o reached" in body
+
+
 def test_kill_switch_pauses_and_resumes_account_and_key(owner, key) -> None:  # type: ignore[no-untyped-def]
     confirm = owner.client.get(reverse("account_pause"))
     assert confirm.status_code == 200 and b"Yes, pause now" in confirm.content

@@ -236,3 +236,34 @@ def test_responses_replay_streams_the_logprobs_with_the_text() -> None:
     assert events["response.output_text.delta"]["logprobs"] == logprobs
     assert events["response.output_text.done"]["logprobs"] == logprobs
     assert events["response.completed"]["response"] == full
+
+
+@pytest.mark.parametrize(
+    ("header", "micros"),
+    [
+        ("0.25", 250_000),
+        ("0.5 ", 500_000),
+        ("0.0000019", 1),  # below a micro-dollar: rounded down
+        # More digits than Decimal's 28-digit context: the product must not round up to
+        # the next micro-dollar (a header may only lower the run cap, never by less).
+        ("0.0000019999999999999999999999999999", 1),
+        ("1234.99999999999999999999999999999", 1_234_999_999),
+        ("1e309", 2**53 - 1),  # held to what the ledger counts exactly
+    ],
+)
+def test_a_run_budget_header_is_rounded_down_to_whole_micro_dollars(
+    header: str, micros: int
+) -> None:
+    from proxy.views import run_headers
+
+    headers = {"x-budgetllm-run-id": "r1", "x-budgetllm-run-budget-usd": header}
+    assert run_headers(headers) == ("r1", micros)
+
+
+@pytest.mark.parametrize("header", ["-1", "NaN", "inf", "-inf", ",", "", "1,5", "sNaN"])
+def test_a_run_budget_header_that_is_no_amount_is_refused(header: str) -> None:
+    from proxy.views import run_headers
+
+    with pytest.raises(ProxyError) as exc:
+        run_headers({"x-budgetllm-run-id": "r1", "x-budgetllm-run-budget-usd": header})
+    assert exc.value.status == 400 and exc.value.code == "invalid_run_budget"
