@@ -7,6 +7,7 @@ Every view is scoped to the signed-in user's account: another account's key id i
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -14,6 +15,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -26,28 +28,43 @@ from . import selectors, services
 from .forms import ApiKeyForm, ProviderKeyForm
 from .models import ApiKey, ProviderKey
 
+log = logging.getLogger(__name__)
+
 TEMPLATE = "keys/index.html"
 
 
 def _account(request: AuthedRequest) -> Account:
-    return account_for_request(request)
+    """The signed-in account, with its time zone active for every date we render."""
+    account = account_for_request(request)
+    timezone.activate(account.tz)
+    return account
 
 
 def _with_month_spend(account: Account, api_keys: list[ApiKey]) -> list[ApiKey]:
-    """Attach each key's spend this month (account time zone) for the spend column.
+    """Attach each key's spend this month (account time zone) for the spend column, and
+    `capped_until` for a key that a reached key cap holds paused until its window rolls
+    over (the issue's auto-pause: shown as paused here, serving again by itself).
 
     The numbers come from the dashboard's usage snapshot: the keys page shows the same
     figures as the dashboard, read the same way (rollups plus today's live tail). Imported
     here, not at the top: budgets builds on keys, and only this page reads back up.
     """
     from budgets.selectors import Totals, spend_by_key, usage_snapshot
+    from budgets.services import capped_keys
 
     by_key = {
         row.public_id: row.totals
         for row in spend_by_key(account=account, snapshot=usage_snapshot(account=account))
     }
+    try:
+        capped = capped_keys(account=account)
+    except Exception:  # a ledger outage must not take the keys page down with it
+        log.exception("capped_keys failed; the keys page shows no cap-paused keys")
+        capped = {}
     for key in api_keys:
         key.month_spend = by_key.get(str(key.public_id), Totals())  # type: ignore[attr-defined]
+        key.capped = key.pk in capped  # type: ignore[attr-defined]
+        key.capped_until = capped.get(key.pk)  # type: ignore[attr-defined]
     return api_keys
 
 

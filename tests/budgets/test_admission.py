@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.urls import reverse
 import time_machine
 from asgiref.sync import async_to_sync
 from django.db.models import Sum
@@ -263,11 +264,18 @@ def test_cache_hits_are_recorded_and_not_blocked_by_an_exhausted_cap(
     assert (row.cost_micros, row.saved_micros, row.cache_status) == (0, 210, "HIT")
 
 
-def test_a_capped_key_shows_paused_until_its_day_rolls_over(key) -> None:  # type: ignore[no-untyped-def]
+def test_a_capped_key_shows_paused_until_its_day_rolls_over(owner, key) -> None:  # type: ignore[no-untyped-def]
     from accounts.models import Account
 
     account = Account.objects.get(id=key.account_id)
     cap(key, limit=300)
+
+    def keys_page_status() -> str:
+        html = owner.client.get(reverse("keys:index")).content.decode()
+        badge = html[html.index('<span class="badge', html.index("<code>bllm_")) :]
+        return badge[: badge.index("</span>")]
+
+    assert "active" in keys_page_status()
     with time_machine.travel(dt.datetime(2026, 11, 27, 18, 0, tzinfo=dt.UTC), tick=False):
         settle(admission=admit(request(key)), usage=usage(200))
         with pytest.raises(BudgetExceeded) as exc:
@@ -276,9 +284,12 @@ def test_a_capped_key_shows_paused_until_its_day_rolls_over(key) -> None:  # typ
         assert capped_keys(account=account) == {key.api_key_id: resets}
         [status] = cap_status(account=account)
         assert status.capped and status.percent == 66
+        # The Keys page shows it paused, and when it serves again, in the account's zone.
+        assert "paused: cap reached, serves again 2026-11-28 00:00 IST" in keys_page_status()
     # Kolkata's next day starts at 18:30 UTC.
     with time_machine.travel(dt.datetime(2026, 11, 27, 18, 30, tzinfo=dt.UTC), tick=False):
         assert capped_keys(account=account) == {}
+        assert "active" in keys_page_status()
         admit(request(key))
 
 
