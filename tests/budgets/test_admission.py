@@ -6,10 +6,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from django.urls import reverse
 import time_machine
 from asgiref.sync import async_to_sync
 from django.db.models import Sum
+from django.urls import reverse
 
 from budgets import services, tasks
 from budgets.ledger import reset_ledger
