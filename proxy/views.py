@@ -381,6 +381,12 @@ MICRO_USD = Decimal("0.000001")
 
 def run_headers(headers: dict[str, str]) -> tuple[str, int | None]:
     run_id = headers.get("x-budgetllm-run-id", "").strip()
+    if not run_id.isascii():
+        # Header bytes arrive read as Latin-1. curl and most clients send a non-ASCII value
+        # as UTF-8, so "agent-é" must not be stored as "agent-Ã©"; a browser's fetch sends
+        # Latin-1 itself, which is not valid UTF-8 and keeps its first reading.
+        with contextlib.suppress(UnicodeError):
+            run_id = run_id.encode("latin-1").decode("utf-8")
     if len(run_id) > 128 or not run_id.isprintable():
         raise bad_request(
             "X-BudgetLLM-Run-Id must be at most 128 printable characters.",

@@ -260,6 +260,21 @@ def test_a_run_budget_header_is_rounded_down_to_whole_micro_dollars(
     assert run_headers(headers) == ("r1", micros)
 
 
+@pytest.mark.parametrize(
+    ("raw", "run_id"),
+    [
+        (b"agent-7", "agent-7"),
+        ("agent-é€".encode(), "agent-é€"),  # UTF-8, as curl sends it
+        ("agent-é".encode("latin-1"), "agent-é"),  # Latin-1, as a browser's fetch sends it
+    ],
+)
+def test_a_run_id_header_is_read_as_utf8_and_else_as_latin1(raw: bytes, run_id: str) -> None:
+    from proxy.views import run_headers
+
+    # ASGI header bytes, read as the proxy reads them.
+    assert run_headers({"x-budgetllm-run-id": raw.decode("latin-1")}) == (run_id, None)
+
+
 @pytest.mark.parametrize("header", ["-1", "NaN", "inf", "-inf", ",", "", "1,5", "sNaN"])
 def test_a_run_budget_header_that_is_no_amount_is_refused(header: str) -> None:
     from proxy.views import run_headers
