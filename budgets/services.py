@@ -960,6 +960,48 @@ def cap_status(*, account: Any, now: dt.datetime | None = None) -> list[CapStatu
     return out
 
 
+@dataclass(frozen=True)
+class PlanLimitStatus:
+    """The plan's monthly spend limit where it, not a cap, is the account's monthly limit."""
+
+    plan: str
+    limit_micros: int
+    spent_micros: int
+    reserved_micros: int
+    resets_at: dt.datetime | None
+    capped: bool
+
+
+def plan_limit_status(*, account: Any, now: dt.datetime | None = None) -> PlanLimitStatus | None:
+    """The plan's limit on monthly spend (the Free plan's $100) when no account cap of the
+    month is stricter: it refuses requests like a cap, so the dashboard must say so too,
+    though no Cap row shows it. None when the plan has no limit or a cap is stricter."""
+    now = now or timezone.now()
+    config = load_account_config(account.id)
+    limit, note = _limit(config, scope="account", period=MONTH, api_key_id=None, model="")
+    if limit is None or not note:
+        return None
+    window = window_for(period=MONTH, now=now, tz_name=account.timezone)
+    key = counter_key(
+        scope="account",
+        period=MONTH,
+        label=window.label,
+        account_id=account.id,
+        api_key_id=None,
+        model="",
+    )
+    state = get_ledger().read_counters([key]).get(key, CounterState())
+    return PlanLimitStatus(
+        plan=config.plan,
+        limit_micros=limit,
+        spent_micros=state.spent_micros,
+        reserved_micros=state.reserved_micros,
+        resets_at=window.resets_at,
+        capped=state.spent_micros + state.reserved_micros >= limit
+        or state.refused_limit_micros == limit,
+    )
+
+
 def capped_keys(*, account: Any, now: dt.datetime | None = None) -> dict[int, dt.datetime | None]:
     """Keys auto-paused by a reached key cap, with when they serve again by themselves
     (the latest reset among their reached caps). Derived from the counters: nothing is

@@ -37,7 +37,7 @@ from .forms import (
 )
 from .model_prices import ModelPriceInvalid, model_price_delete, model_price_upsert
 from .models import MICROS_PER_USD, Cap, ModelPrice
-from .services import cap_status
+from .services import cap_status, plan_limit_status
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,14 @@ def _banners(
     for p in caps:
         if p.resets_at is not None and (p.reached or p.cap.pk in capped_ids):
             out.append({"kind": "capped", "title": f"{p.label} reached", "progress": p})
+    try:
+        plan = plan_limit_status(account=account)
+    except Exception:  # as above: the dashboard stays up when the ledger is not
+        log.exception("plan_limit_status failed; no plan-limit banner")
+        plan = None
+    if plan is not None and plan.capped:
+        title = f"The {plan.plan.title()} plan's monthly limit reached"
+        out.append({"kind": "plan_limit", "title": title, "plan": plan})
     return out
 
 

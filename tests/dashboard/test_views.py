@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 
 import pytest
 import time_machine
@@ -186,3 +187,48 @@ def test_outsider_never_sees_another_accounts_usage(owner, outsider, key) -> Non
 def test_pages_need_sign_in(client) -> None:  # type: ignore[no-untyped-def]
     for name in ("dashboard", "caps", "onboarding", "dashboard_chart"):
         assert client.get(reverse(name)).status_code == 302
+
+
+def test_the_free_plans_monthly_limit_reached_shows_a_banner_without_any_cap(owner, key) -> None:  # type: ignore[no-untyped-def]
+    # The Free plan holds monthly spend to $100 with no Cap row: when that limit refuses
+    # requests, the dashboard must say why, as it does for a cap.
+    from budgets.ledger import CounterSpec, Quote, get_ledger
+    from budgets.pricing import TOKENS_PER_MTOK
+    from budgets.services import counter_key
+
+    def spend(micros: int) -> None:
+        ledger = get_ledger()
+        rid = uuid.uuid4().hex
+        month = counter_key(
+            scope="account",
+            period="month",
+            label="2026-11",
+            account_id=owner.account.id,
+            api_key_id=None,
+            model="",
+        )
+        outcome = ledger.reserve(
+            reservation_id=rid,
+            account_id=owner.account.id,
+            counters=[CounterSpec(key=month, limit_micros=None)],
+            quote=Quote(
+                fixed_mm=micros * TOKENS_PER_MTOK, per_output_mm=0, ceiling_tokens=0, min_tokens=0
+            ),
+            meta={},
+        )
+        assert outcome.ok
+        ledger.settle(reservation_id=rid, cost_micros=micros, record=None)
+
+    record(owner.account, key, NOW, cost=1000)  # not the first visit: no onboarding
+    spend(99 * MICROS_PER_USD)
+    assert "plan_limit" not in owner.client.get(reverse("dashboard")).content.decode()
+    spend(1 * MICROS_PER_USD)
+    body = owner.client.get(reverse("dashboard")).content.decode()
+    assert "The Free plan&#x27;s monthly limit reached" in body
+    assert "Spent $100.00 of $100.00 this month" in body and "Tue 1 Dec, 00:00" in body
+    # A cap of the account's own, stricter than the plan, is the limit that shows instead.
+    Cap.objects.create(
+        account=owner.account, scope="account", period="month", limit_micros=50 * MICROS_PER_USD
+    )
+    body = owner.client.get(reverse("dashboard")).content.decode()
+    assert "plan_limit" not in body and "Monthly account cap reached" in body
