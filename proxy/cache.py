@@ -9,6 +9,10 @@ Store: Redis when REDIS_URL is set (one round trip to look up *and* claim the
 single-flight lock, one to write *and* unlock), else the `CachedResponse` table, which
 every process of an embedded run shares.
 
+TTL: an entry is kept for the TTL of the key that wrote it, and served only to keys whose
+own TTL it has not outlived (entries are stamped with their write time): the account's
+keys share entries, and a key's TTL can be lowered after entries were written under it.
+
 Single-flight: the first request for a key becomes the leader; identical requests in the
 same process await its future, those in other processes poll the store until the leader
 writes the answer (or gives up, when they go upstream themselves).
@@ -17,8 +21,10 @@ writes the answer (or gives up, when they go upstream themselves).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
+import time
 import weakref
 from dataclasses import dataclass
 from datetime import timedelta
@@ -55,23 +61,45 @@ class CacheEntry:
     input_tokens: int
     cached_tokens: int
     output_tokens: int
+    stored_at_ms: int = 0  # when the store wrote it (Unix ms): a key reads it within its TTL
 
     def dumps(self) -> bytes:
+        # The write time last: the Redis lookup script reads it from there.
         head = json.dumps(
-            [self.cost_micros, self.input_tokens, self.cached_tokens, self.output_tokens]
+            [
+                self.cost_micros,
+                self.input_tokens,
+                self.cached_tokens,
+                self.output_tokens,
+                self.stored_at_ms,
+            ]
         ).encode()
         return head + b"\n" + self.body
 
     @classmethod
     def loads(cls, value: bytes) -> CacheEntry:
         head, _, body = value.partition(b"\n")
-        cost, inp, cached, out = json.loads(head)
-        return cls(body, int(cost), int(inp), int(cached), int(out))
+        cost, inp, cached, out, at = json.loads(head)
+        return cls(body, int(cost), int(inp), int(cached), int(out), int(at))
+
+    def stamped(self) -> CacheEntry:
+        return dataclasses.replace(self, stored_at_ms=_now_ms())
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# The stored entry's format, hashed into every key: a build never reads entries of another
+# format (an older build's, or a newer one's after a rollback), which it would fail to load.
+_ENTRY_FORMAT = 2  # 2: the write time in the head
 
 
 def cache_digest(*, endpoint: str, body: dict[str, Any]) -> str:
     canon = {k: v for k, v in body.items() if k not in _IGNORED_FIELDS and v is not None}
-    text = json.dumps([endpoint, canon], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(
+        [_ENTRY_FORMAT, endpoint, canon], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -87,9 +115,14 @@ def cache_bypassed(headers: dict[str, str]) -> bool:
 _HIT, _LEAD, _WAIT = "hit", "lead", "wait"
 
 # GET the answer, else take the in-flight lock (NX): hit / lead / wait in one round trip.
+# An answer written before ARGV[2] (Unix ms, the last number of its first line) is older
+# than the reading key's TTL: it counts as absent, and the leader overwrites it.
 _LOOKUP_OR_LOCK = """
 local v = redis.call('GET', KEYS[1])
-if v then return v end
+if v then
+  local at = tonumber(string.match(v, '^%[[^\\n]-(%d+)%]\\n'))
+  if at and at >= tonumber(ARGV[2]) then return v end
+end
 if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 1 end
 return 0
 """
@@ -113,10 +146,13 @@ class RedisStore:
         return [f"bllm:cache:{account_id}:{digest}", f"bllm:cache-lock:{account_id}:{digest}"]
 
     async def lookup_or_lock(
-        self, account_id: int, digest: str, lock_seconds: int
+        self, account_id: int, digest: str, lock_seconds: int, max_age: int
     ) -> tuple[str, CacheEntry | None]:
         _, script = self._client()
-        result = await script(keys=self._keys(account_id, digest), args=[lock_seconds * 1000])
+        oldest = _now_ms() - max_age * 1000
+        result = await script(
+            keys=self._keys(account_id, digest), args=[lock_seconds * 1000, oldest]
+        )
         if isinstance(result, bytes):
             return _HIT, CacheEntry.loads(result)
         return (_LEAD if result == 1 else _WAIT), None
@@ -128,7 +164,7 @@ class RedisStore:
         key, lock = self._keys(account_id, digest)
         commands: list[tuple[Any, ...]] = [("DEL", lock)]
         if entry is not None:
-            commands.insert(0, ("SET", key, entry.dumps(), "EX", ttl))
+            commands.insert(0, ("SET", key, entry.stamped().dumps(), "EX", ttl))
         await client.execute_many(commands)
 
     async def close(self) -> None:
@@ -136,7 +172,7 @@ class RedisStore:
 
 
 def _sql_lookup_or_lock(
-    account_id: int, digest: str, lock_seconds: int
+    account_id: int, digest: str, lock_seconds: int, max_age: int
 ) -> tuple[str, CacheEntry | None]:
     from .models import CachedResponse
 
@@ -148,7 +184,10 @@ def _sql_lookup_or_lock(
             .first()
         )
         if row is not None and row.value is not None and row.expires_at > now:
-            return _HIT, CacheEntry.loads(bytes(row.value))
+            entry = CacheEntry.loads(bytes(row.value))
+            # Older than the reading key's TTL: stale for it, fetched again (as expired).
+            if entry.stored_at_ms >= _now_ms() - max_age * 1000:
+                return _HIT, entry
         until = now + timedelta(seconds=lock_seconds)
         if row is None:
             try:
@@ -183,7 +222,7 @@ def _sql_put_and_unlock(account_id: int, digest: str, entry: CacheEntry | None, 
             account_id=account_id,
             digest=digest,
             defaults={
-                "value": entry.dumps(),
+                "value": entry.stamped().dumps(),
                 "expires_at": now + timedelta(seconds=ttl),
                 "locked_until": None,
             },
@@ -198,10 +237,10 @@ def _sql_put_and_unlock(account_id: int, digest: str, entry: CacheEntry | None, 
 
 class SqlStore:
     async def lookup_or_lock(
-        self, account_id: int, digest: str, lock_seconds: int
+        self, account_id: int, digest: str, lock_seconds: int, max_age: int
     ) -> tuple[str, CacheEntry | None]:
         return await sync_to_async(_sql_lookup_or_lock, thread_sensitive=False)(
-            account_id, digest, lock_seconds
+            account_id, digest, lock_seconds, max_age
         )
 
     async def put_and_unlock(
@@ -240,8 +279,11 @@ class Flight:
 _local: dict[tuple[int, str], asyncio.Future[CacheEntry | None]] = {}
 
 
-async def cache_get_or_lead(*, account_id: int, digest: str) -> CacheEntry | Flight | None:
-    """A cached answer, leadership of this key, or None (go upstream without caching)."""
+async def cache_get_or_lead(
+    *, account_id: int, digest: str, max_age: int
+) -> CacheEntry | Flight | None:
+    """A cached answer at most `max_age` seconds old (the reading key's TTL), leadership of
+    this key, or None (go upstream without caching)."""
     wait_seconds = int(settings.PROXY_CACHE_WAIT_SECONDS)
     slot = (account_id, digest)
     pending = _local.get(slot)
@@ -257,7 +299,7 @@ async def cache_get_or_lead(*, account_id: int, digest: str) -> CacheEntry | Fli
         deadline = asyncio.get_running_loop().time() + wait_seconds
         delay = 0.01
         while True:
-            state, entry = await store.lookup_or_lock(account_id, digest, wait_seconds)
+            state, entry = await store.lookup_or_lock(account_id, digest, wait_seconds, max_age)
             if state == _HIT:
                 _resolve(slot, future, entry)
                 return entry

@@ -18,6 +18,7 @@ from typing import Any
 DONE = b"data: [DONE]\n\n"
 # Beyond this many bytes of stored events we stop keeping them: the answer is not cached
 # and a disconnect is charged at the full reservation (an over-count, never an under-count).
+# A plain answer beyond it is not cached either (proxy/views.py: relay_plain).
 MAX_KEPT_BYTES = 4 * 1024 * 1024
 
 

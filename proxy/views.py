@@ -55,6 +55,7 @@ from .auth import key_authenticate
 from .cache import CacheEntry, Flight, cache_bypassed, cache_digest, cache_finish, cache_get_or_lead
 from .errors import ProxyError, bad_request, error_envelope
 from .sse import (
+    MAX_KEPT_BYTES,
     ChatStream,
     ResponsesStream,
     SseSplitter,
@@ -795,7 +796,9 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
         cache_down = False
         got: CacheEntry | Flight | None = None
         try:
-            got = await cache_get_or_lead(account_id=key.account_id, digest=digest)
+            got = await cache_get_or_lead(
+                account_id=key.account_id, digest=digest, max_age=key.cache_ttl_seconds
+            )
         except (RedisError, DatabaseError):
             # The cache's store is down: go on without it. Its Redis is usually the
             # ledger's too, which then refuses with a 503 naming it (not a bare 500);
@@ -1097,6 +1100,10 @@ async def relay_plain(
         # in the way, a cut-off body). Cached, it was replayed for the key's TTL, and
         # every streamed hit on it failed with a 500.
         return None
+    if len(payload) > MAX_KEPT_BYTES:
+        # The bound a streamed answer is cached within. Unbounded, a batch of embeddings
+        # (tens of MB each) was kept for the TTL in the Redis the ledger shares.
+        return None
     if parsed.endpoint == RESPONSES and (answer or {}).get("status") != "completed":
         return None
     return CacheEntry(payload, cost, tokens.input, tokens.cached, tokens.output)
@@ -1383,6 +1390,7 @@ async def relay_stream(
                 state.process(event)
 
         tokens = tokens_from_usage(state.usage)
+        reported = tokens is not None
         if tokens is None:
             # Hung up, broken, or no usage sent: charge the input bound plus an upward
             # estimate of what was streamed (never $0, never more than was reserved).
@@ -1447,7 +1455,9 @@ async def relay_stream(
             )
     if gone:
         ex.status = 499
-    if not cache or _lowered_by_budget(parsed, admission) or gone or broken:
+    if not cache or _lowered_by_budget(parsed, admission) or gone or broken or not reported:
+        # Not reported: charged an upward estimate, not the provider's usage. Cached, every
+        # hit recorded that estimate as saved and a plain hit answered "usage": null.
         return None
     if isinstance(state, ResponsesStream):
         if not state.completed or state.response is None:

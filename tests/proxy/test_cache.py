@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -10,6 +11,8 @@ import openai
 import pytest
 
 from budgets.models import Cap
+from keys.models import ApiKey
+from proxy.sse import MAX_KEPT_BYTES
 from tests.conftest import FakeOpenAI
 from tests.proxy.conftest import ProxyServer, Tenant, make_tenant
 from tests.proxy.helpers import records
@@ -154,6 +157,56 @@ def test_an_answer_cut_short_by_the_budget_is_not_cached(
     assert int(first.headers["x-budgetllm-max-tokens"]) < 1000
     second = chat(client, model="gpt-4o", max_tokens=1000)
     assert second.headers["x-budgetllm-cache"] == "MISS"
+
+
+def test_a_streamed_answer_without_the_providers_usage_is_not_cached(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    # Without usage the stream is charged an upward estimate: cached, that estimate was
+    # recorded as saved on every hit (several times the real cost), and a plain hit
+    # answered with "usage": null, which the README says is never cached.
+    client = proxy.client(tenant.raw)
+    list(
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            extra_headers={"X-Fake-No-Usage": "1"},
+        )
+    )
+    raw = chat(client)
+    assert raw.headers["x-budgetllm-cache"] == "MISS"
+    assert raw.parse().usage is not None
+    assert fake_openai.stats()["/v1/chat/completions"] == 2
+
+
+def test_an_entry_older_than_the_keys_ttl_is_not_served(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    # The TTL is the key's: an entry written under a longer TTL (another key of the
+    # account, or this key before its TTL was lowered) is no answer for this key once it
+    # is older than this key's TTL.
+    client = proxy.client(tenant.raw)
+    chat(client)  # stored for the default 24 h
+    ApiKey.objects.filter(pk=tenant.api_key.pk).update(cache_ttl_seconds=1)
+    time.sleep(1.2)
+    assert chat(client).headers["x-budgetllm-cache"] == "MISS"
+    assert chat(client).headers["x-budgetllm-cache"] == "HIT"  # the fresh answer
+    assert fake_openai.stats()["/v1/chat/completions"] == 2
+
+
+def test_an_answer_larger_than_a_stream_may_keep_is_not_cached(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    # A streamed answer beyond MAX_KEPT_BYTES was never cached, a plain one of any size
+    # was: a batch of 2,048 embeddings is tens of MB, each kept for 24 h in the Redis the
+    # ledger uses by default, so a bulk ingestion could fill it for every account.
+    client = proxy.client(tenant.raw)
+    big = {"X-Fake-Word-Bytes": str(MAX_KEPT_BYTES // 20 + 1)}  # 20 words: over the bound
+    first = chat(client, extra_headers=big)
+    assert len(first.parse().choices[0].message.content) > MAX_KEPT_BYTES
+    assert chat(client, extra_headers=big).headers["x-budgetllm-cache"] == "MISS"
+    assert fake_openai.stats()["/v1/chat/completions"] == 2
 
 
 def test_identical_requests_in_flight_go_upstream_once(
