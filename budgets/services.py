@@ -275,6 +275,23 @@ class AccountPaused(Refused):
         )
 
 
+class AccountGone(Refused):
+    """401: the key's account was deleted after the proxy resolved (and cached) the key.
+
+    The proxy keeps a resolved key for PROXY_KEY_CACHE_SECONDS, so requests can still
+    arrive for an account that no longer exists: they are refused as an unknown key would
+    be, not with an internal error."""
+
+    http_status = 401
+    code = "invalid_api_key"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Incorrect API key provided: its BudgetLLM account no longer exists. Use a key "
+            "of an existing account; manage your keys at /keys/."
+        )
+
+
 class LedgerUnavailable(Refused):
     """503: the spend ledger's store cannot be reached, so no cap can be checked."""
 
@@ -348,7 +365,11 @@ def load_account_config(account_id: int) -> AccountConfig:
 
     from .models import Cap, ModelPrice
 
-    account = Account.objects.get(id=account_id)
+    try:
+        account = Account.objects.get(id=account_id)
+    except Account.DoesNotExist:
+        # Deleted while a worker still had its key cached (see AccountGone).
+        raise AccountGone() from None
     caps = tuple(
         CapRow(
             id=c.id,

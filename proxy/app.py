@@ -77,4 +77,5 @@ def _wrong_method(method: str, path: str, allowed: str) -> ProxyError:
         f"{method} is not allowed on {path}; use {allowed}.",
         code="method_not_allowed",
         retryable=False,
+        headers=[(b"allow", allowed.encode())],  # a 405 must name what is allowed (RFC 9110)
     )

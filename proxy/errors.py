@@ -25,6 +25,7 @@ class ProxyError(Exception):
         extra: dict[str, Any] | None = None,
         retryable: bool = True,
         envelope: dict[str, Any] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -36,6 +37,8 @@ class ProxyError(Exception):
         # False adds `x-should-retry: false`, which stops the SDK's retry loop at once.
         self.retryable = retryable
         self._envelope = envelope
+        # Response headers of this error beyond the usual ones (a 405's Allow).
+        self.headers = headers
 
     def envelope(self) -> dict[str, Any]:
         if self._envelope is not None:

@@ -91,7 +91,11 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+        # Decoded as UTF-8 here, not by json.loads: given bytes, it reads UTF-16 and UTF-32
+        # as well, and everything after this looks at the raw bytes as UTF-8 (the media
+        # markers, the byte bound), so an image in a UTF-16 body went unseen. A BOM is
+        # refused too (json.loads names it), rather than forwarded as it came.
+        body = json.loads(raw.decode(), object_pairs_hook=_no_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(
             f"We could not parse the JSON body of your request ({exc}). "

@@ -303,6 +303,8 @@ class Exchange:
 
     async def respond_error(self, err: ProxyError) -> None:
         extra = [] if err.retryable else [(b"x-should-retry", b"false")]
+        if err.headers:
+            extra += err.headers
         await self.respond(err.status, err.body(), extra=extra)
 
     async def read_body(self, limit: int, setting: str = "PROXY_MAX_BODY_BYTES") -> bytes:
@@ -594,6 +596,19 @@ def _passthrough_headers(headers: Any) -> list[tuple[bytes, bytes]]:
     return out
 
 
+# What a provider's refusal tells the client's SDK about retrying it (how long to wait;
+# whether to retry at all). Passed on with a refusal, as it came; read only on that path.
+_RETRY_ADVICE = ("retry-after", "retry-after-ms", "x-should-retry")
+
+
+def _retry_advice(headers: Any) -> list[tuple[bytes, bytes]]:
+    return [
+        (name.encode(), value.encode("latin-1"))
+        for name, value in headers.items()
+        if name in _RETRY_ADVICE
+    ]
+
+
 def _upstream_headers(ex: Exchange, secret: str, *, stream: bool) -> list[tuple[str, str]]:
     headers = [
         ("Authorization", f"Bearer {secret}"),
@@ -786,7 +801,12 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
         )
     else:
         raw = await ex.read_body(max_body)
-    parsed = PARSERS[endpoint](raw)
+    try:
+        parsed = PARSERS[endpoint](raw)
+    except ProxyError as err:
+        if err.code == "invalid_json":
+            _refuse_content_encoding(ex.headers)  # the likelier cause, named
+        raise
     ex.model, ex.stream = parsed.model, parsed.stream
     run_id, run_budget = run_headers(ex.headers)
     ensure_not_paused(key)
@@ -825,6 +845,17 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
                 await shielded(cache_finish(flight, entry, ttl=key.cache_ttl_seconds))
             except Exception:
                 logger.exception("cache write failed")
+
+
+def _refuse_content_encoding(headers: dict[str, str]) -> None:
+    """A compressed body reads as malformed JSON, and its error ("can't decode byte 0x8b")
+    sent the client looking at its JSON: say what is wrong instead."""
+    encoding = headers.get("content-encoding", "").strip()
+    if encoding and encoding.lower() != "identity":
+        raise bad_request(
+            f"Content-Encoding '{encoding}' is not supported: send the JSON body uncompressed.",
+            code="invalid_json",
+        )
 
 
 # Request fields a Responses answer echoes back that the cache key leaves out (they do
@@ -980,6 +1011,7 @@ async def forward(
             "Re-enter the provider key on the keys page.",
             type_="server_error",
             code="provider_key_undecryptable",
+            retryable=False,  # every retry fails the same way until the key is re-entered
         ) from None
     try:
         body = _upstream_body(parsed, admission)
@@ -1068,6 +1100,8 @@ async def relay_plain(
         resp = await upstream_pool().request(b"POST", upstream_url(path), headers, body)
         status = resp.status
         passthrough = _passthrough_headers(resp.headers)
+        if status != 200:
+            passthrough += _retry_advice(resp.headers)
         payload = await resp.read()
     except UpstreamError as exc:
         ex.upstream_seconds = time.perf_counter() - t0
@@ -1279,7 +1313,7 @@ async def relay_stream(
         except UpstreamError:
             payload = b""
         ex.upstream_seconds = time.perf_counter() - t0
-        passthrough = _passthrough_headers(resp.headers)
+        passthrough = [*_passthrough_headers(resp.headers), *_retry_advice(resp.headers)]
         await _pass_refusal(ex, parsed, admission, run_id, resp.status, payload, passthrough)
         return None
 
@@ -1497,6 +1531,7 @@ async def models(ex: Exchange, path: str) -> None:
             "The stored provider key could not be decrypted.",
             type_="server_error",
             code="provider_key_undecryptable",
+            retryable=False,  # as for a generation: retrying cannot fix it
         ) from None
     headers = [h for h in _upstream_headers(ex, secret, stream=False) if h[0] != "Content-Type"]
     t0 = time.perf_counter()
@@ -1511,4 +1546,5 @@ async def models(ex: Exchange, path: str) -> None:
         ex.upstream_seconds = time.perf_counter() - t0
     if status != 200:
         payload = _as_envelope(payload, status)
+        passthrough += _retry_advice(resp.headers)
     await ex.respond(status, payload, extra=passthrough)

@@ -16,6 +16,7 @@ from budgets.ledger import reset_ledger
 from budgets.models import Cap, ModelPrice, UsageRecord
 from budgets.pricing import UnknownModel
 from budgets.services import (
+    AccountGone,
     AccountPaused,
     BudgetExceeded,
     KeyPaused,
@@ -218,6 +219,15 @@ def test_paused_key_and_account_are_refused_with_403(key) -> None:  # type: igno
     with pytest.raises(AccountPaused) as a:
         admit(request(replace(key, account_paused=True)))
     assert a.value.to_openai_error()["error"]["type"] == "account_paused"
+
+
+def test_a_deleted_account_is_refused_as_an_unknown_key_on_either_ledger(key, owner) -> None:  # type: ignore[no-untyped-def]
+    # The proxy keeps a resolved key for PROXY_KEY_CACHE_SECONDS: its account can be gone.
+    owner.account.delete()
+    with pytest.raises(AccountGone) as gone:
+        admit(request(key))
+    assert gone.value.http_status == 401
+    assert gone.value.to_openai_error()["error"]["code"] == "invalid_api_key"
 
 
 def test_unknown_model_is_refused_unless_the_account_prices_it(key) -> None:  # type: ignore[no-untyped-def]

@@ -22,7 +22,10 @@ Behaviour, deterministic so tests can assert exact numbers:
   `X-Fake-Prompt-Tokens: N` reports N input tokens in the usage (what a real provider
   bills for content the fake cannot count, e.g. an image); `X-Fake-Truncate-Body: N`
   answers a non-streaming request 200 with its full Content-Length but closes the
-  connection after N bytes of the body (the answer was generated, so it was billed).
+  connection after N bytes of the body (the answer was generated, so it was billed);
+  with X-Fake-Status, `X-Fake-Retry-After: N` and `X-Fake-Should-Retry: true|false` add
+  the `retry-after` / `retry-after-ms` and `x-should-retry` headers OpenAI sends with some
+  errors (advice to the client's SDK on retrying).
 - `GET /_fake/stats` returns request counts per path; `GET /_fake/connections` the number
   of distinct client connections that sent them; `POST /_fake/reset` clears both.
 """
@@ -92,7 +95,15 @@ async def preamble(request: web.Request) -> web.Response | None:
         await asyncio.sleep(delay / 1000)
     if forced:
         status = int(forced)
-        return error(status, f"The fake server was told to fail with {status}.", "server_error")
+        resp = error(status, f"The fake server was told to fail with {status}.", "server_error")
+        after = request.headers.get("X-Fake-Retry-After")
+        if after:
+            resp.headers["retry-after"] = after
+            resp.headers["retry-after-ms"] = str(int(float(after) * 1000))
+        should = request.headers.get("X-Fake-Should-Retry")
+        if should:
+            resp.headers["x-should-retry"] = should
+        return resp
     return None
 
 

@@ -8,6 +8,7 @@ the same Redis, with the fake OpenAI server as its upstream. Tests use
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -118,14 +119,21 @@ def start_proxy(env: dict[str, str], *, workers: int = 1) -> ProxyServer:
     return server
 
 
-@pytest.fixture(scope="session")
-def proxy_server(django_db_setup: None, fake_openai_server: FakeOpenAI) -> Iterator[ProxyServer]:
-    server = start_proxy(server_env(fake_openai_server.base_url))
+@contextlib.contextmanager
+def running_proxy(env: dict[str, str], *, workers: int = 1) -> Iterator[ProxyServer]:
+    """A proxy for the length of a fixture, stopped after it: before pytest-django drops
+    the test database (the server holds connections to it)."""
+    server = start_proxy(env, workers=workers)
     try:
         yield server
     finally:
-        # Before pytest-django drops the test database (the server holds connections).
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy_server(django_db_setup: None, fake_openai_server: FakeOpenAI) -> Iterator[ProxyServer]:
+    with running_proxy(server_env(fake_openai_server.base_url)) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,14 @@ from keys.services import api_key_set_paused
 from proxy.errors import ProxyError
 from proxy.validation import parse_chat, parse_embeddings, parse_responses
 from tests.conftest import FakeOpenAI
-from tests.proxy.conftest import ProxyServer, Tenant, make_tenant, server_env, start_proxy
+from tests.proxy.conftest import (
+    ProxyServer,
+    Tenant,
+    make_tenant,
+    running_proxy,
+    server_env,
+    start_proxy,
+)
 from tests.proxy.helpers import eventually, records
 
 MESSAGES = [{"role": "user", "content": "Tell me a fact"}]
@@ -54,11 +61,8 @@ def adv_proxy(django_db_setup: None, fake_openai_server: FakeOpenAI) -> Iterator
         "x-fake-drop-after,x-fake-stream-delay-only,x-fake-prompt-tokens,x-fake-truncate-body",
         PROXY_UPSTREAM_READ_TIMEOUT_SECONDS="2",
     )
-    server = start_proxy(env)
-    try:
+    with running_proxy(env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -296,23 +300,49 @@ def test_both_output_limits_set_cannot_take_spend_past_the_cap(
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("encoding", "max_tokens"),
+    [
+        ("utf-8", {"max_tokens": 20}),
+        # No output limit named: the proxy writes one, so the provider gets the body
+        # re-encoded as UTF-8 and bills the image the UTF-16 bytes hid from the bound.
+        ("utf-16", {}),
+    ],
+)
 def test_an_image_for_gpt_4o_mini_cannot_take_spend_past_the_cap(
-    proxy: ProxyServer, tenant: Tenant
+    proxy: ProxyServer, tenant: Tenant, encoding: str, max_tokens: dict[str, int]
 ) -> None:
     tenant.cap("0.002", scope=Cap.Scope.ACCOUNT, period=Cap.Period.DAY)
     content = [
         {"type": "text", "text": "What is in this picture?"},
         {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "high"}},
     ]
-    body = {"model": MINI, "messages": [{"role": "user", "content": content}], "max_tokens": 20}
+    body = {"model": MINI, "messages": [{"role": "user", "content": content}], **max_tokens}
     resp = post(
         proxy,
         tenant,
         "/chat/completions",
-        body,
+        json.dumps(body).encode(encoding),
         {"Cache-Control": "no-store", "X-Fake-Prompt-Tokens": "25501"},
     )
-    assert_within_cap(tenant, resp)
+    assert resp.status_code in (200, 400, 402), resp.text
+    spent, reserved, limit = spent_reserved(tenant)
+    assert reserved == 0
+    assert spent <= limit, f"overshoot: spent {spent} µ$ of a {limit} µ$ cap"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig"])
+def test_a_body_not_in_plain_utf8_is_refused_rather_than_bounded(encoding: str) -> None:
+    # The standard library reads UTF-16/32 JSON too, but the media markers are looked for
+    # in the raw bytes as UTF-8: in UTF-16 an image went unseen and was bounded by its
+    # bytes (a few hundred) instead of the 48,169 tokens gpt-4o-mini may bill for it.
+    # A UTF-8 BOM would be forwarded as it came, which the provider need not read as we do.
+    content = [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]
+    body = {"model": MINI, "messages": [{"role": "user", "content": content}]}
+    for parse in (parse_chat, parse_responses, parse_embeddings):
+        with pytest.raises(ProxyError) as caught:
+            parse(json.dumps(body).encode(encoding))
+        assert (caught.value.status, caught.value.code) == (400, "invalid_json")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -416,6 +446,8 @@ def test_a_gzip_body_the_proxy_cannot_read_is_refused_not_forwarded(
     resp = post(proxy, tenant, "/chat/completions", raw, {"Content-Encoding": "gzip"})
     assert resp.status_code == 400
     assert resp.json()["error"]["code"] == "invalid_json"
+    # Named as the cause, not reported as a byte the JSON could not decode.
+    assert "Content-Encoding 'gzip' is not supported" in resp.json()["error"]["message"]
     assert sum(fake_openai.stats().values()) == 0
     assert spent_reserved(tenant)[:2] == (0, 0)
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from budgets.models import Cap
-from tests.proxy.conftest import ProxyServer, Tenant, server_env, start_proxy
+from tests.proxy.conftest import ProxyServer, Tenant, running_proxy, server_env
 from tests.proxy.helpers import ledger_totals, records
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -80,11 +80,8 @@ def provider() -> Iterator[Provider]:
 @pytest.fixture(scope="module")
 def wire_proxy(django_db_setup: None, provider: Provider) -> Iterator[ProxyServer]:
     env = server_env(f"http://127.0.0.1:{provider.port}/v1", PROXY_FORWARD_HEADERS="x-mode")
-    server = start_proxy(env)
-    try:
+    with running_proxy(env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _chat(proxy: ProxyServer, tenant: Tenant, mode: str, **body: object) -> httpx.Response:
