@@ -103,11 +103,21 @@ def cache_digest(*, endpoint: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def cache_bypassed(headers: dict[str, str]) -> bool:
+USE, REFRESH, OFF = "use", "refresh", "off"
+
+
+def cache_mode(headers: dict[str, str]) -> str:
+    """How a request uses the cache. USE: answered from it when it can be, its answer
+    stored. REFRESH (`Cache-Control: no-cache`, as in HTTP: do not answer from a stored
+    copy): never answered from it, but its fresh answer replaces the stored one, so a
+    client that distrusts an entry does not leave it for the next request. OFF
+    (`no-store`, `X-BudgetLLM-Cache: off`): neither read nor written."""
     control = headers.get("cache-control", "").lower()
-    if "no-cache" in control or "no-store" in control:
-        return True
-    return headers.get("x-budgetllm-cache", "").strip().lower() in ("off", "bypass", "0", "false")
+    if "no-store" in control:
+        return OFF
+    if headers.get("x-budgetllm-cache", "").strip().lower() in ("off", "bypass", "0", "false"):
+        return OFF
+    return REFRESH if "no-cache" in control else USE
 
 
 # --- stores ----------------------------------------------------------------------------
@@ -166,6 +176,11 @@ class RedisStore:
         if entry is not None:
             commands.insert(0, ("SET", key, entry.stamped().dumps(), "EX", ttl))
         await client.execute_many(commands)
+
+    async def take_over(self, account_id: int, digest: str, lock_seconds: int) -> None:
+        client, _ = self._client()
+        key, lock = self._keys(account_id, digest)
+        await client.execute_many([("DEL", key), ("SET", lock, "1", "PX", lock_seconds * 1000)])
 
     async def close(self) -> None:
         await self._client()[0].aclose()
@@ -235,12 +250,35 @@ def _sql_put_and_unlock(account_id: int, digest: str, entry: CacheEntry | None, 
         close_old_connections()
 
 
+def _sql_take_over(account_id: int, digest: str, lock_seconds: int) -> None:
+    from .models import CachedResponse
+
+    try:
+        now = timezone.now()
+        CachedResponse.objects.update_or_create(
+            account_id=account_id,
+            digest=digest,
+            defaults={
+                "value": None,
+                "expires_at": now,
+                "locked_until": now + timedelta(seconds=lock_seconds),
+            },
+        )
+    finally:
+        close_old_connections()
+
+
 class SqlStore:
     async def lookup_or_lock(
         self, account_id: int, digest: str, lock_seconds: int, max_age: int
     ) -> tuple[str, CacheEntry | None]:
         return await sync_to_async(_sql_lookup_or_lock, thread_sensitive=False)(
             account_id, digest, lock_seconds, max_age
+        )
+
+    async def take_over(self, account_id: int, digest: str, lock_seconds: int) -> None:
+        await sync_to_async(_sql_take_over, thread_sensitive=False)(
+            account_id, digest, lock_seconds
         )
 
     async def put_and_unlock(
@@ -323,6 +361,21 @@ def _resolve(
         del _local[slot]
     if not future.done():
         future.set_result(entry)
+
+
+async def cache_lead_fresh(*, account_id: int, digest: str) -> Flight:
+    """Leadership for a REFRESH request, taken whatever is stored: the stored answer is
+    dropped and the lock taken in one step, so identical requests from now on wait for
+    this request's fresh answer (as for any leader) instead of reading the old one."""
+    slot = (account_id, digest)
+    future: asyncio.Future[CacheEntry | None] = asyncio.get_running_loop().create_future()
+    _local[slot] = future
+    try:
+        await cache_store().take_over(account_id, digest, int(settings.PROXY_CACHE_WAIT_SECONDS))
+    except BaseException:
+        _resolve(slot, future, None)
+        raise
+    return Flight(account_id, digest, future)
 
 
 async def cache_finish(flight: Flight, entry: CacheEntry | None, *, ttl: int) -> None:

@@ -52,7 +52,17 @@ from keys.vault import VaultError, decrypt
 
 from . import metrics, reqlog
 from .auth import key_authenticate
-from .cache import CacheEntry, Flight, cache_bypassed, cache_digest, cache_finish, cache_get_or_lead
+from .cache import (
+    OFF,
+    REFRESH,
+    CacheEntry,
+    Flight,
+    cache_digest,
+    cache_finish,
+    cache_get_or_lead,
+    cache_lead_fresh,
+    cache_mode,
+)
 from .errors import ProxyError, bad_request, error_envelope
 from .sse import (
     MAX_KEPT_BYTES,
@@ -811,14 +821,19 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
     run_id, run_budget = run_headers(ex.headers)
     ensure_not_paused(key)
     flight: Flight | None = None
-    if key.cache_ttl_seconds > 0 and not cache_bypassed(ex.headers):
+    mode = cache_mode(ex.headers) if key.cache_ttl_seconds > 0 else OFF
+    if mode != OFF:
         digest = cache_digest(endpoint=endpoint, body=parsed.body)
         cache_down = False
         got: CacheEntry | Flight | None = None
         try:
-            got = await cache_get_or_lead(
-                account_id=key.account_id, digest=digest, max_age=key.cache_ttl_seconds
-            )
+            if mode == REFRESH:
+                # Never answered from the cache (status BYPASS); its answer is stored.
+                got = await cache_lead_fresh(account_id=key.account_id, digest=digest)
+            else:
+                got = await cache_get_or_lead(
+                    account_id=key.account_id, digest=digest, max_age=key.cache_ttl_seconds
+                )
         except (RedisError, DatabaseError):
             # The cache's store is down: go on without it. Its Redis is usually the
             # ledger's too, which then refuses with a 503 naming it (not a bare 500);
@@ -830,7 +845,8 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
             return
         if not cache_down:
             flight = got
-            ex.cache_status = "MISS"
+            if mode != REFRESH:
+                ex.cache_status = "MISS"
     entry: CacheEntry | None = None
     counted = False
     try:

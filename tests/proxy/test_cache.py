@@ -129,6 +129,23 @@ def test_cache_can_be_bypassed_per_request(
     assert fake_openai.stats()["/v1/chat/completions"] == 2
 
 
+def test_no_cache_answers_fresh_and_stores_that_answer_no_store_stores_nothing(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    client = proxy.client(tenant.raw)
+    first = chat(client).parse().id
+    # no-cache: a fresh answer, which replaces the stored one for the next request.
+    fresh = chat(client, extra_headers={"Cache-Control": "no-cache"})
+    assert fresh.headers["x-budgetllm-cache"] == "BYPASS" and fresh.parse().id != first
+    hit = chat(client)
+    assert hit.headers["x-budgetllm-cache"] == "HIT" and hit.parse().id == fresh.parse().id
+    # no-store: a fresh answer that is not kept; the stored one stays.
+    kept = chat(client, extra_headers={"Cache-Control": "no-store"}).parse().id
+    assert kept not in (first, fresh.parse().id)
+    assert chat(client).parse().id == fresh.parse().id
+    assert fake_openai.stats()["/v1/chat/completions"] == 3
+
+
 def test_a_hit_is_served_even_when_the_cap_is_exhausted(proxy: ProxyServer, tenant: Tenant) -> None:
     client = proxy.client(tenant.raw, max_retries=0)
     chat(client)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from proxy.cache import CacheEntry, cache_bypassed, cache_digest
+from proxy.cache import OFF, REFRESH, USE, CacheEntry, cache_digest, cache_mode
 from proxy.errors import ProxyError
 from proxy.sse import (
     ChatStream,
@@ -149,10 +149,13 @@ def test_cache_key_ignores_order_user_and_stream_but_not_sampling() -> None:
 
 
 def test_cache_bypass_headers() -> None:
-    assert cache_bypassed({"cache-control": "no-cache"})
-    assert cache_bypassed({"cache-control": "private, no-store"})
-    assert cache_bypassed({"x-budgetllm-cache": "OFF"})
-    assert not cache_bypassed({"cache-control": "max-age=0"})
+    assert cache_mode({"cache-control": "no-cache"}) == REFRESH
+    assert cache_mode({"cache-control": "No-Cache, no-store"}) == OFF
+    assert cache_mode({"cache-control": "private, no-store"}) == OFF
+    assert cache_mode({"x-budgetllm-cache": "OFF"}) == OFF
+    assert cache_mode({"cache-control": "no-cache", "x-budgetllm-cache": "off"}) == OFF
+    assert cache_mode({"cache-control": "max-age=0"}) == USE
+    assert cache_mode({}) == USE
 
 
 def test_cache_entry_round_trip() -> None:
