@@ -383,7 +383,9 @@ PROXY_MAX_IN_FLIGHT_PER_ACCOUNT = env_int(
 PROXY_CLIENT_SEND_TIMEOUT_SECONDS = env_int("PROXY_CLIENT_SEND_TIMEOUT_SECONDS", 60)
 # How long identical in-flight requests wait for the first one's answer before going
 # upstream themselves.
-PROXY_CACHE_WAIT_SECONDS = env_int("PROXY_CACHE_WAIT_SECONDS", 120)
+# At least 1: the in-flight lock lives this long, and Redis refuses a lock of 0 ms (which
+# made every lookup fail as if the cache were down).
+PROXY_CACHE_WAIT_SECONDS = env_int("PROXY_CACHE_WAIT_SECONDS", 120, minimum=1)
 # Extra request headers passed on to the provider (besides OpenAI-Organization/-Project/
 # -Beta), comma separated; e.g. an OpenAI-compatible upstream's own headers.
 PROXY_FORWARD_HEADERS = env_list("PROXY_FORWARD_HEADERS")

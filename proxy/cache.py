@@ -242,9 +242,10 @@ def _sql_put_and_unlock(account_id: int, digest: str, entry: CacheEntry | None, 
                 "locked_until": None,
             },
         )
-        # Keep the table small: drop this account's expired, unlocked entries.
-        CachedResponse.objects.filter(
-            account_id=account_id, expires_at__lt=now, locked_until__isnull=True
+        # Keep the table small: drop this account's expired entries that no live leader
+        # holds (a lock past its time is a leader whose worker died).
+        CachedResponse.objects.filter(account_id=account_id, expires_at__lt=now).filter(
+            Q(locked_until__isnull=True) | Q(locked_until__lt=now)
         ).delete()
     finally:
         close_old_connections()

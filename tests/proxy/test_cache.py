@@ -266,3 +266,20 @@ def test_a_responses_hit_echoes_this_requests_metadata_not_the_originals(
     assert (second.metadata, second.user, second.store) == ({"job": "b"}, None, False)
     assert (third.metadata, third.user) == ({}, None)
     assert second.output_text == third.output_text == first.output_text
+
+
+def test_the_sql_store_drops_an_expired_row_whose_leaders_worker_died(tenant: Tenant) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from proxy.cache import CacheEntry, _sql_put_and_unlock
+    from proxy.models import CachedResponse
+
+    long_ago = timezone.now() - dt.timedelta(hours=1)
+    # A leader took the lock and its worker died before writing: the lock ran out long ago.
+    CachedResponse.objects.create(
+        account=tenant.account, digest="d" * 64, expires_at=long_ago, locked_until=long_ago
+    )
+    _sql_put_and_unlock(tenant.account.id, "e" * 64, CacheEntry(b"{}", 1, 1, 0, 1), 60)
+    assert list(CachedResponse.objects.values_list("digest", flat=True)) == ["e" * 64]

@@ -58,3 +58,11 @@ def test_development_secrets_are_generated_once_with_mode_0600(tmp_path: Path) -
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     assert _manage(["check"], env).returncode == 0
     assert secrets_file.read_text() == first
+
+
+def test_a_cache_wait_of_zero_is_refused_at_start(tmp_path: Path) -> None:
+    # The in-flight lock lives PROXY_CACHE_WAIT_SECONDS; Redis refuses a lock of 0 ms, which
+    # made every lookup fail as if the cache were down, silently, on every request.
+    result = _manage(["check"], {"DATA_DIR": str(tmp_path), "PROXY_CACHE_WAIT_SECONDS": "0"})
+    assert result.returncode != 0
+    assert "PROXY_CACHE_WAIT_SECONDS must be at least 1, got 0" in result.stderr
