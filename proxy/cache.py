@@ -95,10 +95,16 @@ def _now_ms() -> int:
 _ENTRY_FORMAT = 2  # 2: the write time in the head
 
 
-def cache_digest(*, endpoint: str, body: dict[str, Any]) -> str:
+def cache_digest(*, endpoint: str, body: dict[str, Any], upstream: tuple[object, ...] = ()) -> str:
+    """`upstream`: where the answer comes from beyond the account (the provider key, and
+    the OpenAI organization, project and beta headers passed on): an answer from another
+    OpenAI organization carries its ids and encrypted reasoning, which only it can use."""
     canon = {k: v for k, v in body.items() if k not in _IGNORED_FIELDS and v is not None}
     text = json.dumps(
-        [_ENTRY_FORMAT, endpoint, canon], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        [_ENTRY_FORMAT, endpoint, canon, upstream],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
     )
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 

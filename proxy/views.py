@@ -823,7 +823,14 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
     flight: Flight | None = None
     mode = cache_mode(ex.headers) if key.cache_ttl_seconds > 0 else OFF
     if mode != OFF:
-        digest = cache_digest(endpoint=endpoint, body=parsed.body)
+        headers = ex.headers
+        upstream = (
+            key.provider_key_id,
+            headers.get("openai-organization", ""),
+            headers.get("openai-project", ""),
+            headers.get("openai-beta", ""),
+        )
+        digest = cache_digest(endpoint=endpoint, body=parsed.body, upstream=upstream)
         cache_down = False
         got: CacheEntry | Flight | None = None
         try:

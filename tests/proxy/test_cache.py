@@ -165,6 +165,22 @@ def test_the_cache_is_never_shared_between_accounts(
     assert fake_openai.stats()["/v1/chat/completions"] == 2
 
 
+def test_answers_from_different_openai_organizations_or_projects_are_not_shared(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    # Passed to the provider: an answer of one organization carries its ids and encrypted
+    # reasoning, which another cannot use.
+    client = proxy.client(tenant.raw)
+    assert chat(client).headers["x-budgetllm-cache"] == "MISS"
+    org_a = {"OpenAI-Organization": "org-a"}
+    assert chat(client, extra_headers=org_a).headers["x-budgetllm-cache"] == "MISS"
+    project = {**org_a, "OpenAI-Project": "proj-1"}
+    assert chat(client, extra_headers=project).headers["x-budgetllm-cache"] == "MISS"
+    assert chat(client, extra_headers=org_a).headers["x-budgetllm-cache"] == "HIT"
+    assert chat(client).headers["x-budgetllm-cache"] == "HIT"
+    assert fake_openai.stats()["/v1/chat/completions"] == 3
+
+
 def test_an_answer_cut_short_by_the_budget_is_not_cached(
     proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
 ) -> None:
