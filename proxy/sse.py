@@ -25,13 +25,31 @@ MAX_KEPT_BYTES = 4 * 1024 * 1024
 class SseSplitter:
     """Cuts a byte stream into complete events (each ending in a blank line)."""
 
-    __slots__ = ("partial",)
+    __slots__ = ("partial", "more")
 
     def __init__(self) -> None:
         self.partial = b""  # the start of an event whose end has not arrived
+        self.more: list[bytes] = []  # the reads after it, while that event goes on
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        buf = self.partial + chunk if self.partial else chunk
+        partial = self.partial
+        if not partial:
+            buf = chunk
+        else:
+            more = self.more
+            if (
+                chunk.find(b"\n\n") == -1
+                and chunk.find(b"\r") == -1
+                and not (more[-1] if more else partial).endswith((b"\n", b"\r"))
+            ):
+                # Still inside one event longer than a read (a Responses answer's last
+                # events hold the whole answer, logprobs and all): kept as pieces, joined
+                # once it ends. Joined at every read, it was copied and searched again each
+                # time: a 16 MiB event in 64 KiB reads held the worker's loop for 2.8 s.
+                more.append(chunk)
+                return []
+            buf = b"".join((partial, *more, chunk)) if more else partial + chunk
+            more.clear()
         if buf.find(b"\r") != -1:  # CRLF line ends, even one cut between two reads
             buf = buf.replace(b"\r\n", b"\n")
         parts = buf.split(b"\n\n")
@@ -76,12 +94,16 @@ class _KeptEvents:
     """The events of a stream kept for after it (its cache entry, or the estimate of a
     disconnect): whole events, one or several to an item, up to `MAX_KEPT_BYTES`."""
 
-    __slots__ = ("kept", "kept_bytes", "overflow")
+    __slots__ = ("kept", "kept_bytes", "overflow", "failed")
 
     def __init__(self) -> None:
         self.kept: list[bytes] = []
         self.kept_bytes = 0
         self.overflow = False
+        # The provider failed the stream in one of its events: `response.failed`, or a
+        # chat stream's error event (found when the kept events are read after the stream,
+        # `ChatStream.chunks`, never per event).
+        self.failed = False
 
     def _keep(self, events: bytes) -> None:
         if self.overflow:
@@ -143,7 +165,13 @@ class ChatStream(_KeptEvents):
             data = event_data(event)
             if data and data != b"[DONE]":
                 payload = json.loads(data)
-                if isinstance(payload, dict) and "error" not in payload:
+                if not isinstance(payload, dict):
+                    continue
+                if "error" in payload:
+                    # OpenAI fails a stream mid-way with `data: {"error": ...}`, and may
+                    # still end it with [DONE]: what came before is no whole answer.
+                    self.failed = True
+                else:
                     out.append(payload)
         return out
 
@@ -214,8 +242,13 @@ def chat_assemble(chunks: list[dict[str, Any]], usage: dict[str, Any] | None) ->
             if c.get("finish_reason"):
                 slot["finish_reason"] = c["finish_reason"]
             if c.get("logprobs"):
-                lp = slot["logprobs"] or {"content": [], "refusal": None}
-                lp["content"] = (lp.get("content") or []) + (c["logprobs"].get("content") or [])
+                # A refusal's logprobs stream under "refusal" (with "content" null): both
+                # are kept, a part no chunk filled stays null, as in a plain answer.
+                lp = slot["logprobs"] or {"content": None, "refusal": None}
+                for part in ("content", "refusal"):
+                    got = c["logprobs"].get(part)
+                    if got is not None:
+                        lp[part] = (lp[part] or []) + got
                 slot["logprobs"] = lp
     out_choices = []
     for i in sorted(choices):
@@ -368,6 +401,7 @@ class ResponsesStream(_KeptEvents):
                 self.usage = usage
             self.done = True
             self.completed = name == b"response.completed"
+            self.failed = name == b"response.failed"
             return event
         if name.find(b"delta") != -1:
             self._keep(event)

@@ -727,7 +727,7 @@ async def _pass_refusal(
     headers: list[tuple[bytes, bytes]],
 ) -> None:
     """The provider refused (a bad parameter, its own rate limit...): its status and error
-    go to the client, and nothing is charged."""
+    go to the client, with its advice on retrying (in `headers`), and nothing is charged."""
     await _release(admission, _usage(ex, parsed, run_id, Tokens(0, 0, 0), 0, status))
     ex.remaining = _remaining_after(admission, 0)
     await ex.respond(status, _as_envelope(payload, status), extra=headers)
@@ -1435,6 +1435,11 @@ async def relay_stream(
         except UpstreamError as exc:
             if not gone:
                 broken = f"The provider's stream broke off ({exc})."
+        if state.done:
+            # The final event ([DONE], response.completed) had arrived; only the end of
+            # the HTTP body did not. The client has the whole answer, settled as such: an
+            # error now would make its SDK raise (and a retry pay twice).
+            broken = None
         ex.upstream_seconds = time.perf_counter() - t0
         if stalled:
             gone = True
@@ -1459,7 +1464,10 @@ async def relay_stream(
                 estimate = allowed
             tokens = Tokens(parsed.input_tokens_bound, 0, min(estimate, allowed))
         cost = _cost(admission, tokens)
-        status = 499 if gone else (502 if broken else 200)
+        # The provider's own failure event already reached the client: recorded as the
+        # failure it is (for chat, `state.failed` is known once the estimate read the
+        # events, as it does when no usage came, which is how OpenAI fails a stream).
+        status = 499 if gone else (502 if broken or state.failed else 200)
         ex.cost = cost
         ex.remaining = _remaining_after(admission, cost)
         tail = [f": budgetllm cost_usd={usd(cost).decode()}\n\n".encode()]
@@ -1524,7 +1532,7 @@ async def relay_stream(
         if state.overflow:
             return None
         chunks = state.chunks()
-        if not chunks:
+        if not chunks or state.failed:  # a provider error mid-way: a half answer
             return None
         full = chat_assemble(chunks, state.usage)
     return CacheEntry(

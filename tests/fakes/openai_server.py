@@ -14,8 +14,9 @@ Behaviour, deterministic so tests can assert exact numbers:
   stream_options.include_usage) are supported.
 - Responses API and embeddings likewise, with usage.
 - Control headers (what a test needs to force): `X-Fake-Status: 500` answers that
-  status in the error envelope; `X-Fake-Delay-Ms: N` sleeps N ms before answering
-  (and between stream events); `X-Fake-No-Usage: 1` omits the usage chunk of a stream;
+  status in the error envelope (with `X-Fake-Retry-After: N`, a `Retry-After: N` header);
+  `X-Fake-Delay-Ms: N` sleeps N ms before answering (and between stream events);
+  `X-Fake-No-Usage: 1` omits the usage chunk of a stream;
   `X-Fake-Drop-After: N` closes the connection after N stream events;
   `X-Fake-Word-Bytes: N` pads every word of a chat answer to N bytes (a large answer
   that still counts one token a word);
@@ -25,7 +26,11 @@ Behaviour, deterministic so tests can assert exact numbers:
   connection after N bytes of the body (the answer was generated, so it was billed);
   with X-Fake-Status, `X-Fake-Retry-After: N` and `X-Fake-Should-Retry: true|false` add
   the `retry-after` / `retry-after-ms` and `x-should-retry` headers OpenAI sends with some
-  errors (advice to the client's SDK on retrying).
+  errors (advice to the client's SDK on retrying);
+  `X-Fake-Script: <base64>` answers a stream 200 with exactly those SSE bytes, event by
+  event (real-shaped events a test writes out: error events, refusals, tool calls...),
+  and with `X-Fake-Script-End: reset` drops the connection after them instead of ending
+  the body.
 - `GET /_fake/stats` returns request counts per path; `GET /_fake/connections` the number
   of distinct client connections that sent them; `POST /_fake/reset` clears both.
 """
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import time
 from collections import Counter
@@ -128,6 +134,27 @@ async def json_answer(request: web.Request, payload: dict[str, Any]) -> web.Stre
     return resp
 
 
+async def scripted(request: web.Request) -> web.StreamResponse | None:
+    """The stream the test wrote out (`X-Fake-Script`), or None when it wrote none."""
+    script = request.headers.get("X-Fake-Script")
+    if not script:
+        return None
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    delay = int(request.headers.get("X-Fake-Delay-Ms", "0")) / 1000
+    for event in base64.b64decode(script).split(b"\n\n"):
+        if event:
+            if delay:
+                await asyncio.sleep(delay)
+            await resp.write(event + b"\n\n")
+    if request.headers.get("X-Fake-Script-End") == "reset":
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+    await resp.write_eof()
+    return resp
+
+
 def answer_words(limit: int | None) -> list[str]:
     count = FAKE_WORDS if limit is None else max(0, min(FAKE_WORDS, limit))
     return [f"word{i}" for i in range(count)]
@@ -177,7 +204,7 @@ def chat_choice(index: int, body: dict[str, Any], words: list[str]) -> tuple[dic
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    early = await preamble(request)
+    early = await preamble(request) or await scripted(request)
     if early is not None:
         return early
     try:
@@ -303,7 +330,7 @@ async def stream_chat(
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    early = await preamble(request)
+    early = await preamble(request) or await scripted(request)
     if early is not None:
         return early
     body = await request.json()

@@ -285,3 +285,38 @@ def test_a_run_budget_header_that_is_no_amount_is_refused(header: str) -> None:
     with pytest.raises(ProxyError) as exc:
         run_headers({"x-budgetllm-run-id": "r1", "x-budgetllm-run-budget-usd": header})
     assert exc.value.status == 400 and exc.value.code == "invalid_run_budget"
+
+
+def test_a_streamed_refusal_keeps_its_logprobs_in_the_cached_answer() -> None:
+    # n=2, interleaved: choice 0 refuses (its logprobs come under "refusal", "content"
+    # null), choice 1 answers. The cached answer is what the provider's plain answer is.
+    def lp(token: str) -> dict:
+        return {"token": token, "logprob": -0.1, "bytes": list(token.encode()), "top_logprobs": []}
+
+    def choice(i: int, delta: dict, logprobs: dict | None, finish: str | None = None) -> dict:
+        return {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    stream = sse(
+        *(
+            {**base, "choices": [c], "obfuscation": "Xy"}
+            for c in (
+                choice(0, {"role": "assistant", "content": None, "refusal": None}, None),
+                choice(1, {"role": "assistant", "content": ""}, {"content": [], "refusal": None}),
+                choice(0, {"refusal": "I can"}, {"content": None, "refusal": [lp("I can")]}),
+                choice(1, {"content": "Hi"}, {"content": [lp("Hi")], "refusal": None}),
+                choice(0, {"refusal": "'t"}, {"content": None, "refusal": [lp("'t")]}),
+                choice(0, {}, None, "stop"),
+                choice(1, {}, None, "stop"),
+            )
+        ),
+        {**base, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}},
+    )
+    state = ChatStream(strip_usage=True)
+    for event in SseSplitter().feed(stream):
+        state.process(event)
+    refused, answered = chat_assemble(state.chunks(), state.usage)["choices"]
+    assert refused["message"]["refusal"] == "I can't"
+    assert refused["logprobs"] == {"content": None, "refusal": [lp("I can"), lp("'t")]}
+    assert answered["message"]["content"] == "Hi"
+    assert answered["logprobs"] == {"content": [lp("Hi")], "refusal": None}
