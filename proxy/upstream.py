@@ -415,6 +415,12 @@ class Response:
                 return
             await conn.wait()
 
+    @property
+    def reading_paused(self) -> bool:
+        """Whether reading from the provider is paused (a slow consumer left more than
+        `MAX_BUFFERED` waiting): what it sent since waits in the kernel, unseen."""
+        return self._conn.paused
+
     def leftover(self) -> bytes:
         """After `close()`: what had arrived but was never taken (for a stream, events the
         client never got, still worth reading for the usage they may carry)."""

@@ -1314,6 +1314,20 @@ class _EventRelay:
             self.blocked_since = 0.0
 
 
+def unreported_output_tokens(
+    estimate: int | None, allowed: int, *, fell_behind: bool, reasons: bool
+) -> int:
+    """Output tokens to charge a stream that ended without the provider's usage: the
+    upward estimate of what was streamed, or all that was allowed where the provider may
+    have generated more than the proxy saw. A reasoning model's hidden tokens are never
+    in a stream; a relay that fell behind (its client stalled, or it had stopped reading
+    the provider for a slow client) left the provider's output since in the buffers
+    between them, megabytes it never read."""
+    if fell_behind or reasons or estimate is None:
+        return allowed
+    return min(estimate, allowed)
+
+
 async def relay_stream(
     ex: Exchange,
     parsed: ParsedRequest,
@@ -1352,6 +1366,7 @@ async def relay_stream(
     finished = False
     gone = False
     stalled = False
+    behind = False  # the client hung up while reading from the provider was paused
     relaying = True
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -1379,13 +1394,16 @@ async def relay_stream(
         stall_timer = loop.call_at((sending_since or now) + send_timeout, check_send)
 
     def on_receive(task: asyncio.Future[dict[str, Any]]) -> None:
-        nonlocal gone
+        nonlocal gone, behind
         if finished or task.cancelled() or task.exception() is not None:
             return
         if task.result().get("type") == "http.disconnect":
             # Closing the upstream response stops the provider's generation and wakes
             # the relay loop at once, even between two slow events.
             gone = True
+            # Asked before the close: with reading paused, what the provider generated
+            # since waits unread in the kernel's buffers (megabytes), not in the estimate.
+            behind = resp.reading_paused
             resp.close()
 
     watch: asyncio.Future[dict[str, Any]] | None = None
@@ -1456,13 +1474,13 @@ async def relay_stream(
         if tokens is None:
             # Hung up, broken, or no usage sent: charge the input bound plus an upward
             # estimate of what was streamed (never $0, never more than was reserved).
-            allowed = admission.output_tokens_allowed * parsed.choices
-            estimate = state.output_estimate()
-            if stalled or estimate is None or _may_reason(parsed.model):
-                # Hidden reasoning tokens cannot be counted; a stalled relay fell behind
-                # the provider by as much as the buffers between them held: charge all.
-                estimate = allowed
-            tokens = Tokens(parsed.input_tokens_bound, 0, min(estimate, allowed))
+            output = unreported_output_tokens(
+                state.output_estimate(),
+                admission.output_tokens_allowed * parsed.choices,
+                fell_behind=stalled or behind,
+                reasons=_may_reason(parsed.model),
+            )
+            tokens = Tokens(parsed.input_tokens_bound, 0, output)
         cost = _cost(admission, tokens)
         # The provider's own failure event already reached the client: recorded as the
         # failure it is (for chat, `state.failed` is known once the estimate read the

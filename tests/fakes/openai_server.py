@@ -14,12 +14,14 @@ Behaviour, deterministic so tests can assert exact numbers:
   stream_options.include_usage) are supported.
 - Responses API and embeddings likewise, with usage.
 - Control headers (what a test needs to force): `X-Fake-Status: 500` answers that
-  status in the error envelope (with `X-Fake-Retry-After: N`, a `Retry-After: N` header);
+  status in the error envelope;
   `X-Fake-Delay-Ms: N` sleeps N ms before answering (and between stream events);
   `X-Fake-No-Usage: 1` omits the usage chunk of a stream;
   `X-Fake-Drop-After: N` closes the connection after N stream events;
   `X-Fake-Word-Bytes: N` pads every word of a chat answer to N bytes (a large answer
-  that still counts one token a word);
+  that still counts one token a word); `X-Fake-Words: N` makes a chat answer N words
+  long; `X-Fake-Obfuscation-Bytes: N` adds an `obfuscation` field of N characters to
+  every chat stream chunk (as OpenAI pads chunks: bytes that carry no output);
   `X-Fake-Prompt-Tokens: N` reports N input tokens in the usage (what a real provider
   bills for content the fake cannot count, e.g. an image); `X-Fake-Truncate-Body: N`
   answers a non-streaming request 200 with its full Content-Length but closes the
@@ -155,8 +157,8 @@ async def scripted(request: web.Request) -> web.StreamResponse | None:
     return resp
 
 
-def answer_words(limit: int | None) -> list[str]:
-    count = FAKE_WORDS if limit is None else max(0, min(FAKE_WORDS, limit))
+def answer_words(limit: int | None, words: int = FAKE_WORDS) -> list[str]:
+    count = words if limit is None else max(0, min(words, limit))
     return [f"word{i}" for i in range(count)]
 
 
@@ -217,7 +219,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not model:
         return error(400, "you must provide a model parameter", "invalid_request_error")
     n = int(body.get("n") or 1)
-    words = answer_words(body.get("max_completion_tokens", body.get("max_tokens")))
+    words = answer_words(
+        body.get("max_completion_tokens", body.get("max_tokens")),
+        int(request.headers.get("X-Fake-Words", FAKE_WORDS)),
+    )
     pad = int(request.headers.get("X-Fake-Word-Bytes", "0"))
     if pad:
         words = [word.ljust(pad, "x") for word in words]
@@ -265,6 +270,7 @@ async def stream_chat(
     await resp.prepare(request)
     delay = int(request.headers.get("X-Fake-Delay-Ms", "0")) / 1000
     drop_after = int(request.headers.get("X-Fake-Drop-After", "0"))
+    obfuscation = int(request.headers.get("X-Fake-Obfuscation-Bytes", "0"))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     if request.headers.get("X-Fake-No-Usage"):
         include_usage = False
@@ -280,6 +286,8 @@ async def stream_chat(
             "system_fingerprint": "fp_fake",
         }
         base.update(payload)
+        if obfuscation:
+            base["obfuscation"] = "x" * obfuscation
         if delay:
             await asyncio.sleep(delay)
         await resp.write(b"data: " + json.dumps(base).encode() + b"\n\n")

@@ -63,7 +63,7 @@ def server_env(upstream: str, **extra: str) -> dict[str, str]:
             # The fake server's control headers (see tests/fakes/openai_server.py).
             "PROXY_FORWARD_HEADERS": "x-fake-status,x-fake-delay-ms,x-fake-no-usage,"
             "x-fake-drop-after,x-fake-stream-delay-only,x-fake-word-bytes,x-fake-script,"
-            "x-fake-script-end",
+            "x-fake-script-end,x-fake-words,x-fake-obfuscation-bytes",
             "PROXY_MAX_BODY_BYTES": str(256 * 1024),
             "PROXY_MAX_EMBEDDINGS_BODY_BYTES": str(128 * 1024),
         }

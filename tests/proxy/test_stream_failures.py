@@ -162,6 +162,38 @@ def test_a_stream_whose_client_reads_nothing_ends_and_frees_its_provider_connect
     assert ledger_totals(tenant.account) == (first.cost_micros + second.cost_micros, 0)
 
 
+def test_a_slow_client_that_hangs_up_is_charged_at_the_bound(
+    proxy: ProxyServer, tenant: Tenant
+) -> None:
+    # Chunks padded with bytes that carry no output (OpenAI's `obfuscation`, logprobs):
+    # the relay falls behind its slow client, and what the provider generates meanwhile
+    # waits in the buffers between them, unread. Estimated from what was read (~7 bytes of
+    # text a 1-KB event), the hang-up came to a fraction of what the provider billed.
+    # Here loopback's large socket buffers overflow the kept events first (no estimate);
+    # with small ones reading from the provider pauses first (`unreported_output_tokens`).
+    tenant.cap("10", scope=Cap.Scope.ACCOUNT, period=Cap.Period.MONTH)
+    url = urlsplit(proxy.base_url)
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, before connect
+    sock.connect((url.hostname, url.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\n"
+        b"Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+        b"X-Fake-Words: 20000\r\nX-Fake-Obfuscation-Bytes: 1000\r\n"
+        b"Content-Length: %d\r\n\r\n%s"
+        % (url.netloc.encode(), tenant.raw.encode(), len(body), body)
+    )
+    sock.settimeout(10)
+    assert sock.recv(12) == b"HTTP/1.1 200"
+    time.sleep(2)  # the provider writes what the buffers take; the proxy reads until it pauses
+    sock.close()
+    [record] = eventually(lambda: records(tenant.account) or None)
+    assert record.http_status == 499
+    assert record.output_tokens == 16384  # gpt-4o-mini's most output: the request set none
+    assert ledger_totals(tenant.account) == (record.cost_micros, 0)
+
+
 def test_a_client_that_falls_behind_and_catches_up_gets_the_whole_stream_in_order(
     proxy: ProxyServer, tenant: Tenant
 ) -> None:

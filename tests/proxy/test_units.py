@@ -320,3 +320,16 @@ def test_a_streamed_refusal_keeps_its_logprobs_in_the_cached_answer() -> None:
     assert refused["logprobs"] == {"content": None, "refusal": [lp("I can"), lp("'t")]}
     assert answered["message"]["content"] == "Hi"
     assert answered["logprobs"] == {"content": [lp("Hi")], "refusal": None}
+
+
+def test_a_stream_without_usage_is_charged_its_estimate_unless_the_provider_got_ahead() -> None:
+    from proxy.views import unreported_output_tokens
+
+    assert unreported_output_tokens(120, 16384, fell_behind=False, reasons=False) == 120
+    assert unreported_output_tokens(90_000, 16384, fell_behind=False, reasons=False) == 16384
+    # Kept events overflowed: no estimate.
+    assert unreported_output_tokens(None, 16384, fell_behind=False, reasons=False) == 16384
+    # Hidden reasoning tokens, or output left unread in the buffers (a stalled client, or
+    # reading from the provider paused for a slow one): all that was allowed.
+    assert unreported_output_tokens(120, 16384, fell_behind=False, reasons=True) == 16384
+    assert unreported_output_tokens(120, 16384, fell_behind=True, reasons=False) == 16384
