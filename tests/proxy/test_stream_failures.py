@@ -108,8 +108,11 @@ def one_slot_proxy(django_db_setup: None, fake_openai_server: FakeOpenAI) -> Ite
         server.stop()
 
 
-def _stream_nobody_reads(proxy: ProxyServer, tenant: Tenant) -> socket.socket:
-    """A connected client that asks for a 40 MB stream and then reads nothing."""
+def _stream_nobody_reads(
+    proxy: ProxyServer, tenant: Tenant, fake: bytes = b"X-Fake-Word-Bytes: 2000000\r\n"
+) -> socket.socket:
+    """A connected client that asks for a large stream (by default 40 MB; `fake`: the fake
+    server's control headers) and then reads nothing."""
     url = urlsplit(proxy.base_url)
     body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}).encode()
     sock = socket.socket()
@@ -118,8 +121,8 @@ def _stream_nobody_reads(proxy: ProxyServer, tenant: Tenant) -> socket.socket:
     sock.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\n"
         b"Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
-        b"X-Fake-Word-Bytes: 2000000\r\nContent-Length: %d\r\n\r\n%s"
-        % (url.netloc.encode(), tenant.raw.encode(), len(body), body)
+        b"%sContent-Length: %d\r\n\r\n%s"
+        % (url.netloc.encode(), tenant.raw.encode(), fake, len(body), body)
     )
     sock.settimeout(10)
     assert sock.recv(12) == b"HTTP/1.1 200"
@@ -172,20 +175,9 @@ def test_a_slow_client_that_hangs_up_is_charged_at_the_bound(
     # Here loopback's large socket buffers overflow the kept events first (no estimate);
     # with small ones reading from the provider pauses first (`unreported_output_tokens`).
     tenant.cap("10", scope=Cap.Scope.ACCOUNT, period=Cap.Period.MONTH)
-    url = urlsplit(proxy.base_url)
-    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}).encode()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, before connect
-    sock.connect((url.hostname, url.port))
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\n"
-        b"Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
-        b"X-Fake-Words: 20000\r\nX-Fake-Obfuscation-Bytes: 1000\r\n"
-        b"Content-Length: %d\r\n\r\n%s"
-        % (url.netloc.encode(), tenant.raw.encode(), len(body), body)
+    sock = _stream_nobody_reads(
+        proxy, tenant, b"X-Fake-Words: 20000\r\nX-Fake-Obfuscation-Bytes: 1000\r\n"
     )
-    sock.settimeout(10)
-    assert sock.recv(12) == b"HTTP/1.1 200"
     time.sleep(2)  # the provider writes what the buffers take; the proxy reads until it pauses
     sock.close()
     [record] = eventually(lambda: records(tenant.account) or None)
