@@ -206,6 +206,8 @@ class Exchange:
         "model",
         "stream",
         "tokens",
+        "run_id",
+        "upstream_request_id",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -230,6 +232,8 @@ class Exchange:
         self.api_key_public_id: uuid.UUID | None = None
         self.endpoint = ""
         self.model = ""
+        self.run_id = ""
+        self.upstream_request_id: str | None = None  # the provider's x-request-id
         self.stream = False
         self.tokens: tuple[int, int, int] = (0, 0, 0)
 
@@ -366,6 +370,8 @@ class Exchange:
             overhead_ms=max(0.0, total - (up or 0.0)) * 1000,
             total_ms=total * 1000,
             refused=self.refused_scope,
+            run_id=self.run_id,
+            upstream_request_id=self.upstream_request_id,
         )
 
 
@@ -595,13 +601,16 @@ def _upper_bound(parsed: ParsedRequest, admission: Admission) -> Tokens:
 # --- upstream plumbing -----------------------------------------------------------------
 
 
-def _passthrough_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+def _passthrough_headers(ex: Exchange, headers: Any) -> list[tuple[bytes, bytes]]:
+    """The provider's headers a client may read (its rate limits, its request id), and
+    the request id kept for the request's log line."""
     out = []
     for name, value in headers.items():
         low = name.lower()
         if low.startswith(("openai-", "x-ratelimit-")):
             out.append((low.encode(), value.encode("latin-1")))
         elif low == "x-request-id":
+            ex.upstream_request_id = value
             out.append((b"x-upstream-request-id", value.encode("latin-1")))
     return out
 
@@ -819,6 +828,7 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
         raise
     ex.model, ex.stream = parsed.model, parsed.stream
     run_id, run_budget = run_headers(ex.headers)
+    ex.run_id = run_id
     ensure_not_paused(key)
     flight: Flight | None = None
     mode = cache_mode(ex.headers) if key.cache_ttl_seconds > 0 else OFF
@@ -1122,7 +1132,7 @@ async def relay_plain(
     try:
         resp = await upstream_pool().request(b"POST", upstream_url(path), headers, body)
         status = resp.status
-        passthrough = _passthrough_headers(resp.headers)
+        passthrough = _passthrough_headers(ex, resp.headers)
         if status != 200:
             passthrough += _retry_advice(resp.headers)
         payload = await resp.read()
@@ -1350,7 +1360,7 @@ async def relay_stream(
         except UpstreamError:
             payload = b""
         ex.upstream_seconds = time.perf_counter() - t0
-        passthrough = [*_passthrough_headers(resp.headers), *_retry_advice(resp.headers)]
+        passthrough = [*_passthrough_headers(ex, resp.headers), *_retry_advice(resp.headers)]
         await _pass_refusal(ex, parsed, admission, run_id, resp.status, payload, passthrough)
         return None
 
@@ -1417,7 +1427,7 @@ async def relay_stream(
         await ex.start(
             200,
             resp.headers.get("Content-Type", "text/event-stream").encode("latin-1"),
-            [*_SSE_HEADERS, *_passthrough_headers(resp.headers)],
+            [*_SSE_HEADERS, *_passthrough_headers(ex, resp.headers)],
         )
         relay.write_directly()
         watch = asyncio.ensure_future(ex.receive())
@@ -1587,7 +1597,7 @@ async def models(ex: Exchange, path: str) -> None:
     try:
         resp = await upstream_pool().request(b"GET", upstream_url(path), headers)
         status = resp.status
-        passthrough = _passthrough_headers(resp.headers)
+        passthrough = _passthrough_headers(ex, resp.headers)
         payload = await resp.read()
     except UpstreamError as exc:
         raise _upstream_failure(exc, charged=False) from None  # listing models is free

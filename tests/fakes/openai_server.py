@@ -44,6 +44,7 @@ import asyncio
 import base64
 import json
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -456,8 +457,14 @@ async def fake_reset(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+async def _request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # As OpenAI names each request it answers (quoted to its support).
+    response.headers.setdefault("x-request-id", f"req_fake{uuid.uuid4().hex[:12]}")
+
+
 def make_app() -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.on_response_prepare.append(_request_id)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/responses", responses)

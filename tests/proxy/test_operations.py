@@ -126,6 +126,7 @@ def test_one_json_log_line_per_request_with_the_request_id(
         model="gpt-4o-mini",
         messages=[{"role": "user", "content": "secret prompt text"}],
         max_tokens=20,
+        extra_headers={"X-BudgetLLM-Run-Id": "nightly-7"},
     )
     request_id = raw.headers["x-request-id"]
 
@@ -143,6 +144,10 @@ def test_one_json_log_line_per_request_with_the_request_id(
     assert entry["account_id"] == tenant.account.pk
     assert entry["api_key_id"] == str(tenant.api_key.public_id)
     assert entry["cost_micros"] > 0 and entry["output_tokens"] == 20
+    # The run, and the provider's own id for the request (what its support asks for).
+    assert entry["run_id"] == "nightly-7"
+    assert entry["upstream_request_id"] == raw.headers["x-upstream-request-id"]
+    assert entry["upstream_request_id"].startswith("req_fake")
     text = log_path.read_text()
     assert "secret prompt text" not in text and tenant.raw not in text and "sk-proj" not in text
 
