@@ -89,13 +89,21 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _no_constant(name: str) -> Any:
+    # Python reads NaN and Infinity; JSON has neither, and the provider refuses them only
+    # after a round trip (with a reservation held meanwhile).
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         # Decoded as UTF-8 here, not by json.loads: given bytes, it reads UTF-16 and UTF-32
         # as well, and everything after this looks at the raw bytes as UTF-8 (the media
         # markers, the byte bound), so an image in a UTF-16 body went unseen. A BOM is
         # refused too (json.loads names it), rather than forwarded as it came.
-        body = json.loads(raw.decode(), object_pairs_hook=_no_duplicate_keys)
+        body = json.loads(
+            raw.decode(), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant
+        )
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(
             f"We could not parse the JSON body of your request ({exc}). "

@@ -331,6 +331,17 @@ def test_an_image_for_gpt_4o_mini_cannot_take_spend_past_the_cap(
     assert spent <= limit, f"overshoot: spent {spent} µ$ of a {limit} µ$ cap"
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_refused_as_the_json_they_are_not(constant: str) -> None:
+    raw = f'{{"model": "{MINI}", "messages": [{{"role": "user", "content": "x"}}], '
+    raw += f'"temperature": {constant}}}'
+    for parse in (parse_chat, parse_responses):
+        with pytest.raises(ProxyError) as caught:
+            parse(raw.encode())
+        assert (caught.value.status, caught.value.code) == (400, "invalid_json")
+        assert f"{constant} is not a JSON number" in caught.value.message
+
+
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig"])
 def test_a_body_not_in_plain_utf8_is_refused_rather_than_bounded(encoding: str) -> None:
     # The standard library reads UTF-16/32 JSON too, but the media markers are looked for
