@@ -257,6 +257,9 @@ class Ledger:
     async def acaps_version(self, account_id: int) -> str | None:
         return None
 
+    async def aread_counters(self, keys: Sequence[str]) -> dict[str, CounterState]:
+        return await sync_to_async(db_step)(self.read_counters, keys)
+
 
 def _json_default(value: object) -> str:
     if isinstance(value, dt.datetime):
@@ -738,6 +741,16 @@ return 1
 """
 
 
+def _counter_states(keys: Sequence[str], rows: Sequence[Any]) -> dict[str, CounterState]:
+    """Counters from their hashes' (s, r, x) fields, as HMGET gives them; absent ones left out."""
+    out = {}
+    for key, (s, r, x) in zip(keys, rows, strict=True):
+        if s is None and r is None and x is None:
+            continue
+        out[key] = CounterState(int(s or 0), int(r or 0), int(x) if x is not None else None)
+    return out
+
+
 def _unix(value: dt.datetime | None) -> int:
     return int(value.timestamp()) if value else 0
 
@@ -1101,12 +1114,19 @@ class RedisLedger(Ledger):
             rows = pipe.execute()
         except redis.RedisError as exc:
             raise LedgerError(self.where) from exc
-        out = {}
-        for key, (s, r, x) in zip(keys, rows, strict=True):
-            if s is None and r is None and x is None:
-                continue
-            out[key] = CounterState(int(s or 0), int(r or 0), int(x) if x is not None else None)
-        return out
+        return _counter_states(keys, rows)
+
+    async def aread_counters(self, keys: Sequence[str]) -> dict[str, CounterState]:
+        import redis
+
+        client, _ = self.aclient()
+        try:
+            rows = await client.execute_many(
+                [("HMGET", self.counter_key(key), "s", "r", "x") for key in keys]
+            )
+        except redis.RedisError as exc:
+            raise LedgerError(self.where) from exc
+        return _counter_states(keys, rows)
 
     def record_usage(self, record: dict[str, Any]) -> None:
         import redis

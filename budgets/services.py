@@ -805,6 +805,28 @@ async def budget_admit(req: AdmitRequest) -> Admission:
     raise LedgerUnavailable("the caps kept changing during admission; retry")
 
 
+async def budget_remaining(req: AdmitRequest) -> int | None:
+    """What the tightest cap that would apply to `req` has left (None: no cap applies),
+    reserving nothing: for a cache hit, which spends nothing and is answered whatever
+    the caps say, but carries X-BudgetLLM-Remaining-USD like every other answer.
+    Raises `UnknownModel` (the model lost its price since) or `LedgerUnavailable`."""
+    ledger = get_ledger()
+    config = await _aconfig(ledger, req.key.account_id)
+    plan = plan_admission(req, config, now=timezone.now())
+    capped = [c for c in plan.counters if c.limit_micros is not None]
+    if not capped:
+        return None
+    try:
+        states = await ledger.aread_counters([c.key for c in capped])
+    except LedgerError as exc:
+        raise LedgerUnavailable(exc.what) from exc
+    left = []
+    for c in capped:
+        state = states.get(c.key, CounterState())
+        left.append(max(0, (c.limit_micros or 0) - state.spent_micros - state.reserved_micros))
+    return min(left)
+
+
 # --- Settling and recording ----------------------------------------------------------------
 
 

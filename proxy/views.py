@@ -45,6 +45,7 @@ from budgets.services import (
     budget_admit,
     budget_keep_reserved,
     budget_release,
+    budget_remaining,
     budget_settle,
 )
 from keys.services import ResolvedKey
@@ -858,7 +859,7 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
             logger.warning("cache unreachable; request %s bypasses it", ex.request_id_str)
             cache_down = True
         if isinstance(got, CacheEntry):
-            await serve_hit(ex, key, parsed, got, run_id)
+            await serve_hit(ex, key, parsed, got, run_id, run_budget)
             return
         if not cache_down:
             flight = got
@@ -916,11 +917,31 @@ def _echo_request_fields(full: Any, request: dict[str, Any]) -> Any:
 
 
 async def serve_hit(
-    ex: Exchange, key: ResolvedKey, parsed: ParsedRequest, entry: CacheEntry, run_id: str
+    ex: Exchange,
+    key: ResolvedKey,
+    parsed: ParsedRequest,
+    entry: CacheEntry,
+    run_id: str,
+    run_budget: int | None,
 ) -> None:
     """A cached answer: $0, never blocked by caps, saved = what the original cost."""
     ex.cache_status = "HIT"
     ex.saved = entry.cost_micros
+    try:
+        # What the caps have left, as on every answer: read, nothing reserved.
+        ex.remaining = await budget_remaining(
+            AdmitRequest(
+                key=key,
+                endpoint=parsed.endpoint,
+                model=parsed.model,
+                input_tokens_bound=0,
+                requested_output_tokens=0,
+                run_id=run_id,
+                run_budget_micros=run_budget,
+            )
+        )
+    except (UnknownModel, Refused):
+        pass  # the answer is still served (it spends nothing); the header is left out
     body = entry.body
     full: Any = None
     if parsed.endpoint == RESPONSES:

@@ -146,11 +146,35 @@ def test_no_cache_answers_fresh_and_stores_that_answer_no_store_stores_nothing(
     assert fake_openai.stats()["/v1/chat/completions"] == 3
 
 
+def test_a_hit_carries_what_the_tightest_cap_has_left(proxy: ProxyServer, tenant: Tenant) -> None:
+    client = proxy.client(tenant.raw, max_retries=0)
+    miss, hit = chat(client), chat(client)
+    # With no cap of the account's own, the Free plan's $100 a month is the tightest.
+    left = 100_000_000 - sum(r.cost_micros for r in records(tenant.account))
+    assert miss.headers["x-budgetllm-remaining-usd"] == f"{left / 1e6:.6f}"
+    assert hit.headers["x-budgetllm-cache"] == "HIT"
+    assert hit.headers["x-budgetllm-remaining-usd"] == f"{left / 1e6:.6f}"
+    tenant.cap("1", scope=Cap.Scope.ACCOUNT, period=Cap.Period.MONTH)
+    miss = chat(client, messages=[{"role": "user", "content": "Another fact"}])
+    hit = chat(client, messages=[{"role": "user", "content": "Another fact"}])
+    assert hit.headers["x-budgetllm-cache"] == "HIT"
+    # The first answer was spent before the cap existed, and counts against it too.
+    left = 1_000_000 - sum(r.cost_micros for r in records(tenant.account))
+    assert hit.headers["x-budgetllm-remaining-usd"] == f"{left / 1e6:.6f}"
+    assert hit.headers["x-budgetllm-remaining-usd"] == miss.headers["x-budgetllm-remaining-usd"]
+    # The tightest of several: a run's budget header lowers it for this request alone.
+    run = {"X-BudgetLLM-Run-Id": "r1", "X-BudgetLLM-Run-Budget-USD": "0.000005"}
+    hit = chat(client, messages=[{"role": "user", "content": "Another fact"}], extra_headers=run)
+    assert hit.headers["x-budgetllm-remaining-usd"] == "0.000005"
+
+
 def test_a_hit_is_served_even_when_the_cap_is_exhausted(proxy: ProxyServer, tenant: Tenant) -> None:
     client = proxy.client(tenant.raw, max_retries=0)
     chat(client)
     tenant.cap("0", scope=Cap.Scope.ACCOUNT, period=Cap.Period.MONTH)
-    assert chat(client).headers["x-budgetllm-cache"] == "HIT"
+    hit = chat(client)
+    assert hit.headers["x-budgetllm-cache"] == "HIT"
+    assert hit.headers["x-budgetllm-remaining-usd"] == "0.000000"
     with pytest.raises(openai.APIStatusError) as caught:
         chat(client, messages=[{"role": "user", "content": "Something new"}])
     assert caught.value.status_code == 402
