@@ -17,7 +17,8 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 
 
 def env_str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+    # Empty means unset, as for the other readers: `.env.example` lists defaults as `X=`.
+    return os.environ.get(name) or default
 
 
 def env_bool(name: str, default: bool = False) -> bool:

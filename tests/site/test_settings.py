@@ -66,3 +66,31 @@ def test_a_cache_wait_of_zero_is_refused_at_start(tmp_path: Path) -> None:
     result = _manage(["check"], {"DATA_DIR": str(tmp_path), "PROXY_CACHE_WAIT_SECONDS": "0"})
     assert result.returncode != 0
     assert "PROXY_CACHE_WAIT_SECONDS must be at least 1, got 0" in result.stderr
+
+
+def test_empty_variables_from_env_example_take_their_defaults(tmp_path: Path) -> None:
+    # `.env.example` lists LEDGER_BACKEND=, LEDGER_REDIS_URL= and CELERY_BROKER_URL= empty,
+    # meaning "the default". Copied into an env file they are set to "", which made the
+    # ledger refuse every request ("LEDGER_BACKEND must be 'redis' or 'sql', not ''") and
+    # Celery look for RabbitMQ on localhost.
+    redis_url = "redis://127.0.0.1:6379/15"
+    env = {
+        "DATA_DIR": str(tmp_path),
+        "REDIS_URL": redis_url,
+        "LEDGER_BACKEND": "",
+        "LEDGER_REDIS_URL": "",
+        "CELERY_BROKER_URL": "",
+        "SITE_URL": "",
+    }
+    code = (
+        "from django.conf import settings as s; "
+        "print(s.LEDGER_BACKEND, s.LEDGER_REDIS_URL, s.CELERY_BROKER_URL, s.SITE_URL)"
+    )
+    result = _manage(["shell", "-c", code], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].split() == [
+        "redis",
+        redis_url,
+        redis_url,
+        "http://127.0.0.1:8000",
+    ]
