@@ -174,19 +174,17 @@ class RedisStore:
         return (_LEAD if result == 1 else _WAIT), None
 
     async def put_and_unlock(
-        self, account_id: int, digest: str, entry: CacheEntry | None, ttl: int
+        self, account_id: int, digest: str, entry: CacheEntry | None, ttl: int, *, unlock: bool
     ) -> None:
         client, _ = self._client()
         key, lock = self._keys(account_id, digest)
-        commands: list[tuple[Any, ...]] = [("DEL", lock)]
+        commands: list[tuple[Any, ...]] = []
         if entry is not None:
-            commands.insert(0, ("SET", key, entry.stamped().dumps(), "EX", ttl))
-        await client.execute_many(commands)
-
-    async def take_over(self, account_id: int, digest: str, lock_seconds: int) -> None:
-        client, _ = self._client()
-        key, lock = self._keys(account_id, digest)
-        await client.execute_many([("DEL", key), ("SET", lock, "1", "PX", lock_seconds * 1000)])
+            commands.append(("SET", key, entry.stamped().dumps(), "EX", ttl))
+        if unlock:
+            commands.append(("DEL", lock))
+        if commands:
+            await client.execute_many(commands)
 
     async def close(self) -> None:
         await self._client()[0].aclose()
@@ -229,48 +227,33 @@ def _sql_lookup_or_lock(
         close_old_connections()
 
 
-def _sql_put_and_unlock(account_id: int, digest: str, entry: CacheEntry | None, ttl: int) -> None:
+def _sql_put_and_unlock(
+    account_id: int, digest: str, entry: CacheEntry | None, ttl: int, unlock: bool = True
+) -> None:
     from .models import CachedResponse
 
     try:
         now = timezone.now()
         if entry is None:
-            CachedResponse.objects.filter(account_id=account_id, digest=digest).update(
-                locked_until=None
-            )
+            if unlock:
+                CachedResponse.objects.filter(account_id=account_id, digest=digest).update(
+                    locked_until=None
+                )
             return
+        values: dict[str, Any] = {
+            "value": entry.stamped().dumps(),
+            "expires_at": now + timedelta(seconds=ttl),
+        }
+        if unlock:
+            values["locked_until"] = None
         CachedResponse.objects.update_or_create(
-            account_id=account_id,
-            digest=digest,
-            defaults={
-                "value": entry.stamped().dumps(),
-                "expires_at": now + timedelta(seconds=ttl),
-                "locked_until": None,
-            },
+            account_id=account_id, digest=digest, defaults=values
         )
         # Keep the table small: drop this account's expired entries that no live leader
         # holds (a lock past its time is a leader whose worker died).
         CachedResponse.objects.filter(account_id=account_id, expires_at__lt=now).filter(
             Q(locked_until__isnull=True) | Q(locked_until__lt=now)
         ).delete()
-    finally:
-        close_old_connections()
-
-
-def _sql_take_over(account_id: int, digest: str, lock_seconds: int) -> None:
-    from .models import CachedResponse
-
-    try:
-        now = timezone.now()
-        CachedResponse.objects.update_or_create(
-            account_id=account_id,
-            digest=digest,
-            defaults={
-                "value": None,
-                "expires_at": now,
-                "locked_until": now + timedelta(seconds=lock_seconds),
-            },
-        )
     finally:
         close_old_connections()
 
@@ -283,16 +266,11 @@ class SqlStore:
             account_id, digest, lock_seconds, max_age
         )
 
-    async def take_over(self, account_id: int, digest: str, lock_seconds: int) -> None:
-        await sync_to_async(_sql_take_over, thread_sensitive=False)(
-            account_id, digest, lock_seconds
-        )
-
     async def put_and_unlock(
-        self, account_id: int, digest: str, entry: CacheEntry | None, ttl: int
+        self, account_id: int, digest: str, entry: CacheEntry | None, ttl: int, *, unlock: bool
     ) -> None:
         await sync_to_async(_sql_put_and_unlock, thread_sensitive=False)(
-            account_id, digest, entry, ttl
+            account_id, digest, entry, ttl, unlock
         )
 
     async def close(self) -> None:
@@ -319,6 +297,7 @@ class Flight:
     account_id: int
     digest: str
     future: asyncio.Future[CacheEntry | None]
+    owns_lock: bool = True  # False for a REFRESH: it took no lock, so it frees none
 
 
 _local: dict[tuple[int, str], asyncio.Future[CacheEntry | None]] = {}
@@ -370,24 +349,21 @@ def _resolve(
         future.set_result(entry)
 
 
-async def cache_lead_fresh(*, account_id: int, digest: str) -> Flight:
-    """Leadership for a REFRESH request, taken whatever is stored: the stored answer is
-    dropped and the lock taken in one step, so identical requests from now on wait for
-    this request's fresh answer (as for any leader) instead of reading the old one."""
-    slot = (account_id, digest)
-    future: asyncio.Future[CacheEntry | None] = asyncio.get_running_loop().create_future()
-    _local[slot] = future
-    try:
-        await cache_store().take_over(account_id, digest, int(settings.PROXY_CACHE_WAIT_SECONDS))
-    except BaseException:
-        _resolve(slot, future, None)
-        raise
-    return Flight(account_id, digest, future)
+def cache_refresh_flight(*, account_id: int, digest: str) -> Flight:
+    """Leadership for a REFRESH request, taken without asking the store: its fresh answer
+    is written over the stored one when it is cacheable. Until then the stored answer
+    stays, for identical requests meanwhile, and stays for good if the refresh fails
+    (a 402, a provider error): a client's distrust does not cost the others their hit.
+    It takes no lock and frees none (another request may be leading a miss)."""
+    loop = asyncio.get_running_loop()
+    return Flight(account_id, digest, loop.create_future(), owns_lock=False)
 
 
 async def cache_finish(flight: Flight, entry: CacheEntry | None, *, ttl: int) -> None:
     """Store the leader's answer (None: nothing cacheable) and wake the waiters."""
     try:
-        await cache_store().put_and_unlock(flight.account_id, flight.digest, entry, ttl)
+        await cache_store().put_and_unlock(
+            flight.account_id, flight.digest, entry, ttl, unlock=flight.owns_lock
+        )
     finally:
         _resolve((flight.account_id, flight.digest), flight.future, entry)

@@ -61,8 +61,8 @@ from .cache import (
     cache_digest,
     cache_finish,
     cache_get_or_lead,
-    cache_lead_fresh,
     cache_mode,
+    cache_refresh_flight,
 )
 from .errors import ProxyError, bad_request, error_envelope
 from .sse import (
@@ -847,7 +847,7 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
         try:
             if mode == REFRESH:
                 # Never answered from the cache (status BYPASS); its answer is stored.
-                got = await cache_lead_fresh(account_id=key.account_id, digest=digest)
+                got = cache_refresh_flight(account_id=key.account_id, digest=digest)
             else:
                 got = await cache_get_or_lead(
                     account_id=key.account_id, digest=digest, max_age=key.cache_ttl_seconds

@@ -15,7 +15,7 @@ from keys.models import ApiKey
 from proxy.sse import MAX_KEPT_BYTES
 from tests.conftest import FakeOpenAI
 from tests.proxy.conftest import ProxyServer, Tenant, make_tenant
-from tests.proxy.helpers import records
+from tests.proxy.helpers import eventually, records
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -132,18 +132,26 @@ def test_cache_can_be_bypassed_per_request(
 def test_no_cache_answers_fresh_and_stores_that_answer_no_store_stores_nothing(
     proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
 ) -> None:
-    client = proxy.client(tenant.raw)
+    client = proxy.client(tenant.raw, max_retries=0)
     first = chat(client).parse().id
-    # no-cache: a fresh answer, which replaces the stored one for the next request.
+    # no-cache: a fresh answer, which replaces the stored one (once written, just after
+    # the answer; identical requests until then still get the stored one).
     fresh = chat(client, extra_headers={"Cache-Control": "no-cache"})
     assert fresh.headers["x-budgetllm-cache"] == "BYPASS" and fresh.parse().id != first
-    hit = chat(client)
-    assert hit.headers["x-budgetllm-cache"] == "HIT" and hit.parse().id == fresh.parse().id
+    hit = eventually(lambda: (r := chat(client)).parse().id == fresh.parse().id and r)
+    assert hit.headers["x-budgetllm-cache"] == "HIT"
     # no-store: a fresh answer that is not kept; the stored one stays.
     kept = chat(client, extra_headers={"Cache-Control": "no-store"}).parse().id
     assert kept not in (first, fresh.parse().id)
     assert chat(client).parse().id == fresh.parse().id
     assert fake_openai.stats()["/v1/chat/completions"] == 3
+    # A refresh that fails (here a cap refuses it) leaves the stored answer to the others.
+    tenant.cap("0", scope=Cap.Scope.ACCOUNT, period=Cap.Period.MONTH)
+    with pytest.raises(openai.APIStatusError) as refused:
+        chat(client, extra_headers={"Cache-Control": "no-cache"})
+    assert refused.value.status_code == 402
+    still = chat(client)
+    assert still.headers["x-budgetllm-cache"] == "HIT" and still.parse().id == fresh.parse().id
 
 
 def test_a_hit_carries_what_the_tightest_cap_has_left(proxy: ProxyServer, tenant: Tenant) -> None:
