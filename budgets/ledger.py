@@ -257,7 +257,15 @@ class Ledger:
     async def acaps_version(self, account_id: int) -> str | None:
         return None
 
-    async def aread_counters(self, keys: Sequence[str]) -> dict[str, CounterState]:
+    async def aread_counters(
+        self,
+        keys: Sequence[str],
+        *,
+        account_id: int | None = None,
+        caps_version: str | None = None,
+    ) -> dict[str, CounterState]:
+        """The counters; with `caps_version`, raises StaleCaps if the account's caps have
+        changed since that version was read (as a reserve does)."""
         return await sync_to_async(db_step)(self.read_counters, keys)
 
 
@@ -1116,16 +1124,28 @@ class RedisLedger(Ledger):
             raise LedgerError(self.where) from exc
         return _counter_states(keys, rows)
 
-    async def aread_counters(self, keys: Sequence[str]) -> dict[str, CounterState]:
+    async def aread_counters(
+        self,
+        keys: Sequence[str],
+        *,
+        account_id: int | None = None,
+        caps_version: str | None = None,
+    ) -> dict[str, CounterState]:
         import redis
 
         client, _ = self.aclient()
+        commands: list[tuple[Any, ...]] = [
+            ("HMGET", self.counter_key(key), "s", "r", "x") for key in keys
+        ]
+        checked = caps_version is not None and account_id is not None
+        if checked:
+            commands.append(("GET", self._version_key(account_id or 0)))
         try:
-            rows = await client.execute_many(
-                [("HMGET", self.counter_key(key), "s", "r", "x") for key in keys]
-            )
+            rows = await client.execute_many(commands)  # one round trip
         except redis.RedisError as exc:
             raise LedgerError(self.where) from exc
+        if checked and str(rows.pop() or "0") != caps_version:
+            raise StaleCaps()
         return _counter_states(keys, rows)
 
     def record_usage(self, record: dict[str, Any]) -> None:

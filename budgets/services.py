@@ -808,18 +808,51 @@ async def budget_admit(req: AdmitRequest) -> Admission:
 async def budget_remaining(req: AdmitRequest) -> int | None:
     """What the tightest cap that would apply to `req` has left (None: no cap applies),
     reserving nothing: for a cache hit, which spends nothing and is answered whatever
-    the caps say, but carries X-BudgetLLM-Remaining-USD like every other answer.
-    Raises `UnknownModel` (the model lost its price since) or `LedgerUnavailable`."""
+    the caps say, but carries X-BudgetLLM-Remaining-USD like every other answer. Read
+    against the caps as they are now (a cap changed a moment ago counts), as a reserve
+    is. Raises `UnknownModel` (the model lost its price since) or `LedgerUnavailable`."""
     ledger = get_ledger()
-    config = await _aconfig(ledger, req.key.account_id)
-    plan = plan_admission(req, config, now=timezone.now())
-    capped = [c for c in plan.counters if c.limit_micros is not None]
-    if not capped:
-        return None
+    if not ledger.checks_caps_version:
+        return await sync_to_async(db_step)(_remaining_blocking, req)
+    for _attempt in range(3):
+        config = await _aconfig(ledger, req.key.account_id)
+        capped = _capped_counters(req, config)
+        if not capped:
+            return None
+        try:
+            states = await ledger.aread_counters(
+                [c.key for c in capped],
+                account_id=req.key.account_id,
+                caps_version=config.version,
+            )
+        except StaleCaps:
+            _config_cache.pop(req.key.account_id, None)
+            continue
+        except LedgerError as exc:
+            raise LedgerUnavailable(exc.what) from exc
+        return _least_left(capped, states)
+    raise LedgerUnavailable("the caps kept changing while they were read; retry")
+
+
+def _remaining_blocking(req: AdmitRequest) -> int | None:
+    """`budget_remaining` in one synchronous step (the SQL ledger's path)."""
     try:
-        states = await ledger.aread_counters([c.key for c in capped])
+        config = load_account_config(req.key.account_id)
+        capped = _capped_counters(req, config)
+        states = get_ledger().read_counters([c.key for c in capped]) if capped else {}
+    except DatabaseError as exc:
+        raise LedgerUnavailable("the database") from exc
     except LedgerError as exc:
         raise LedgerUnavailable(exc.what) from exc
+    return _least_left(capped, states) if capped else None
+
+
+def _capped_counters(req: AdmitRequest, config: AccountConfig) -> list[CounterSpec]:
+    plan = plan_admission(req, config, now=timezone.now())
+    return [c for c in plan.counters if c.limit_micros is not None]
+
+
+def _least_left(capped: list[CounterSpec], states: dict[str, CounterState]) -> int:
     left = []
     for c in capped:
         state = states.get(c.key, CounterState())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -14,7 +15,7 @@ from budgets.models import Cap
 from keys.models import ApiKey
 from proxy.sse import MAX_KEPT_BYTES
 from tests.conftest import FakeOpenAI
-from tests.proxy.conftest import ProxyServer, Tenant, make_tenant
+from tests.proxy.conftest import ProxyServer, Tenant, make_tenant, running_proxy, server_env
 from tests.proxy.helpers import eventually, records
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -174,6 +175,34 @@ def test_a_hit_carries_what_the_tightest_cap_has_left(proxy: ProxyServer, tenant
     run = {"X-BudgetLLM-Run-Id": "r1", "X-BudgetLLM-Run-Budget-USD": "0.000005"}
     hit = chat(client, messages=[{"role": "user", "content": "Another fact"}], extra_headers=run)
     assert hit.headers["x-budgetllm-remaining-usd"] == "0.000005"
+
+
+@pytest.fixture(scope="module")
+def config_cached_proxy(
+    django_db_setup: None, fake_openai_server: FakeOpenAI
+) -> Iterator[ProxyServer]:
+    # Caps as production keeps them: read once a minute unless their version moves.
+    env = server_env(fake_openai_server.base_url, LEDGER_CONFIG_CACHE_SECONDS="60")
+    with running_proxy(env) as server:
+        yield server
+
+
+def test_a_hit_reads_a_cap_changed_a_moment_ago(
+    config_cached_proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI
+) -> None:
+    client = config_cached_proxy.client(tenant.raw, max_retries=0)
+    tenant.cap("1", scope=Cap.Scope.ACCOUNT, period=Cap.Period.MONTH)
+    chat(client)
+    assert chat(client).headers["x-budgetllm-cache"] == "HIT"
+    # Lowered: the next hit says what the new limit leaves, not the cached caps' figure.
+    Cap.objects.filter(account=tenant.account).update(limit_micros=50)
+    from budgets.services import caps_changed
+
+    caps_changed(account_id=tenant.account.id)  # as the Caps page does (a signal)
+    hit = chat(client)
+    assert hit.headers["x-budgetllm-cache"] == "HIT"
+    left = max(0, 50 - sum(r.cost_micros for r in records(tenant.account)))
+    assert hit.headers["x-budgetllm-remaining-usd"] == f"{left / 1e6:.6f}"
 
 
 def test_a_hit_is_served_even_when_the_cap_is_exhausted(proxy: ProxyServer, tenant: Tenant) -> None:
