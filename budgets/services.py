@@ -229,6 +229,20 @@ class BudgetExceeded(Refused):
         in_flight = (
             f", {usd(reserved_micros)} held by requests in flight" if reserved_micros else ""
         )
+        left = limit_micros - spent_micros - reserved_micros
+        if left > 0:
+            # Not reached: this request's worst case does not fit in what is left.
+            needs = (
+                f"up to {usd(needed_micros)} even with the shortest answer"
+                if needed_micros
+                else "more"
+            )
+            reset = describe_reset(resets_at)
+            super().__init__(
+                f"{name} of {usd(limit_micros)} has {usd(left)} left ({usd(spent_micros)} "
+                f"spent{in_flight}); this request needs {needs}. {reset[:1].upper()}{reset[1:]}."
+            )
+            return
         needed = (
             f" This request needs up to {usd(needed_micros)} even with the shortest answer."
             if needed_micros

@@ -112,8 +112,18 @@ def test_over_the_cap_is_a_402_naming_the_cap_spend_and_reset(key) -> None:  # t
         "0.00",
     )
     assert body["resets_at"].endswith("+05:30")
-    assert "Monthly key cap (key 'ci-bot') of $0.0005 reached: $0.0004 spent" in body["message"]
-    assert "Asia/Kolkata" in body["message"]
+    # Not reached: what is left is less than this request's worst case; says both.
+    assert body["message"] == (
+        "Monthly key cap (key 'ci-bot') of $0.0005 has $0.0001 left ($0.0004 spent); this "
+        "request needs up to $0.00016 even with the shortest answer. "
+        "Resets 2026-12-01 00:00 Asia/Kolkata."
+    )
+    settle(admission=admit(request(key, input_tokens_bound=100)), usage=usage(100))
+    with pytest.raises(BudgetExceeded) as exc:
+        admit(request(key))
+    assert exc.value.message.startswith(
+        "Monthly key cap (key 'ci-bot') of $0.0005 reached: $0.0005 spent; resets 2026-12-01"
+    )
 
 
 def test_every_applicable_cap_must_admit(key) -> None:  # type: ignore[no-untyped-def]
@@ -178,18 +188,18 @@ def test_a_run_refusal_names_the_run_cap_and_the_header_that_lowered_it(
         admit(request(key, run_id="r1", run_budget_micros=100))
     assert exc.value.message.startswith(
         "Per-run cap (run 'r1', lowered from $0.0003 by X-BudgetLLM-Run-Budget-USD) of "
-        "$0.0001 reached: $0.00 spent; run caps do not reset"
+        "$0.0001 has $0.0001 left ($0.00 spent); this request needs up to $0.00016"
     )
     assert exc.value.code == "run_run_cap" and exc.value.limit_micros == 100
     with pytest.raises(BudgetExceeded) as exc:
         admit(request(key, run_id="r2", run_budget_micros=10_000, input_tokens_bound=5_000))
-    assert exc.value.message.startswith("Per-run cap (run 'r2') of $0.0003 reached")
+    assert exc.value.message.startswith("Per-run cap (run 'r2') of $0.0003 has $0.0003 left")
     with django_capture_on_commit_callbacks(execute=True):
         Cap.objects.get(scope="run").delete()
     with pytest.raises(BudgetExceeded) as exc:
         admit(request(key, run_id="r3", run_budget_micros=100))
     assert exc.value.message.startswith(
-        "Per-run cap (run 'r3', set by X-BudgetLLM-Run-Budget-USD) of $0.0001 reached"
+        "Per-run cap (run 'r3', set by X-BudgetLLM-Run-Budget-USD) of $0.0001 has $0.0001 left"
     )
 
 
