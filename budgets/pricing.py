@@ -33,6 +33,7 @@ class PriceTier:
     input_micros_per_mtok: int
     cached_input_micros_per_mtok: int
     output_micros_per_mtok: int
+    cache_write_micros_per_mtok: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Price:
     tiers: tuple[PriceTier, ...] = ()
     # Where the price came from: "genai-prices" or "custom".
     source: str = "genai-prices"
+    # Input written to the prompt cache, where the provider bills it above the input price
+    # (gpt-5.6 and later: 1.25x); None: billed as input.
+    cache_write_micros_per_mtok: int | None = None
 
     def rates_for(self, *, input_tokens: int) -> tuple[int, int, int]:
         """(input, cached input, output) micro-dollars per MTok for a request of this size."""
@@ -63,6 +67,20 @@ class Price:
                     tier.output_micros_per_mtok,
                 )
         return rates
+
+    def cache_write_rate_for(self, *, input_tokens: int) -> int:
+        """Micro-dollars per MTok of input written to the prompt cache."""
+        rate, write = self.input_micros_per_mtok, self.cache_write_micros_per_mtok
+        for tier in self.tiers:
+            if input_tokens > tier.above_input_tokens:
+                rate, write = tier.input_micros_per_mtok, tier.cache_write_micros_per_mtok
+        return rate if write is None else write
+
+    def worst_input_rate_for(self, *, input_tokens: int) -> int:
+        """The most one input token can cost: uncached, or written to the cache if that
+        costs more. A reservation cannot know which the provider will do."""
+        rate = self.rates_for(input_tokens=input_tokens)[0]
+        return max(rate, self.cache_write_rate_for(input_tokens=input_tokens))
 
 
 class UnknownModel(Exception):
@@ -169,16 +187,17 @@ def _genai_price(model: str, day: dt.date) -> Price | None:
         return None
     raw_cached = getattr(prices, "cache_read_mtok", None)
     raw_out = getattr(prices, "output_mtok", None)
+    raw_write = getattr(prices, "cache_write_mtok", None)
     starts = sorted(
         {
             tier.start
-            for raw in (raw_in, raw_cached, raw_out)
+            for raw in (raw_in, raw_cached, raw_out, raw_write)
             if isinstance(raw, gp_types.TieredPrices)
             for tier in raw.tiers
         }
     )
 
-    def rates(above: int | None) -> tuple[int, int, int]:
+    def rates(above: int | None) -> tuple[int, int, int, int | None]:
         input_rate = _rate(raw_in, above=above) or 0
         cached = _rate(raw_cached, above=above)
         # No cached-input price listed: the provider gives no discount, so charge the
@@ -187,6 +206,7 @@ def _genai_price(model: str, day: dt.date) -> Price | None:
             input_rate,
             input_rate if cached is None else cached,
             _rate(raw_out, above=above) or 0,
+            _rate(raw_write, above=above),
         )
 
     base = rates(None)
@@ -200,6 +220,7 @@ def _genai_price(model: str, day: dt.date) -> Price | None:
         output_micros_per_mtok=base[2],
         max_output_tokens=max_output_tokens_for(model),
         tiers=tiers,
+        cache_write_micros_per_mtok=base[3],
     )
 
 
@@ -246,28 +267,46 @@ def price_for(*, account_id: int, model: str) -> Price:
     return price
 
 
-def cost_micros(*, price: Price, input_tokens: int, cached_tokens: int, output_tokens: int) -> int:
-    """Cost in micro-dollars, rounded up. `input_tokens` includes the cached ones (as
-    OpenAI reports `prompt_tokens`)."""
+def cost_micros(
+    *,
+    price: Price,
+    input_tokens: int,
+    cached_tokens: int,
+    output_tokens: int,
+    cache_write_tokens: int = 0,
+) -> int:
+    """Cost in micro-dollars, rounded up. `input_tokens` includes the cached ones and the
+    ones written to the cache (as OpenAI reports `prompt_tokens`)."""
     exact = cost_micro_micros(
         price=price,
         input_tokens=input_tokens,
         cached_tokens=cached_tokens,
         output_tokens=output_tokens,
+        cache_write_tokens=cache_write_tokens,
     )
     return ceil_div(exact, TOKENS_PER_MTOK)
 
 
 def cost_micro_micros(
-    *, price: Price, input_tokens: int, cached_tokens: int, output_tokens: int
+    *,
+    price: Price,
+    input_tokens: int,
+    cached_tokens: int,
+    output_tokens: int,
+    cache_write_tokens: int = 0,
 ) -> int:
     """The exact cost in millionths of a micro-dollar (integer, no rounding)."""
     input_tokens = max(input_tokens, 0)
     cached = min(max(cached_tokens, 0), input_tokens)
+    written = min(max(cache_write_tokens, 0), input_tokens - cached)
     rate_in, rate_cached, rate_out = price.rates_for(input_tokens=input_tokens)
-    return (
+    cost = (
         (input_tokens - cached) * rate_in + cached * rate_cached + max(output_tokens, 0) * rate_out
     )
+    if written:
+        rate_write = price.cache_write_rate_for(input_tokens=input_tokens)
+        cost += written * max(rate_write - rate_in, 0)
+    return cost
 
 
 def ceil_div(numerator: int, denominator: int) -> int:

@@ -648,8 +648,10 @@ def plan_admission(req: AdmitRequest, config: AccountConfig, *, now: dt.datetime
         infos += (CounterInfo("run", RUN, subject, None),)
 
     embeddings = req.endpoint == "embeddings"
-    rate_in, _, rate_out = price.rates_for(input_tokens=max(req.input_tokens_bound, 0))
-    # Worst case: every input token uncached, every choice as long as allowed.
+    _, _, rate_out = price.rates_for(input_tokens=max(req.input_tokens_bound, 0))
+    rate_in = price.worst_input_rate_for(input_tokens=max(req.input_tokens_bound, 0))
+    # Worst case: every input token uncached (or written to the cache, where that costs
+    # more), every choice as long as allowed.
     fixed = max(req.input_tokens_bound, 0) * rate_in
     per = 0 if embeddings else rate_out * max(req.choices, 1)
     if embeddings:

@@ -11,6 +11,7 @@ class Tokens:
     input: int  # includes cached input, as OpenAI reports it
     cached: int
     output: int  # includes reasoning tokens
+    cache_write: int = 0  # input written to the prompt cache (billed above input on some models)
 
 
 def _int(value: Any) -> int:
@@ -27,6 +28,7 @@ def tokens_from_usage(usage: dict[str, Any] | None) -> Tokens | None:
             input=_int(usage.get("input_tokens")),
             cached=_int(details.get("cached_tokens")),
             output=_int(usage.get("output_tokens")),
+            cache_write=_int(details.get("cache_write_tokens")),
         )
     if "prompt_tokens" in usage:
         details = usage.get("prompt_tokens_details") or {}
@@ -34,5 +36,6 @@ def tokens_from_usage(usage: dict[str, Any] | None) -> Tokens | None:
             input=_int(usage.get("prompt_tokens")),
             cached=_int(details.get("cached_tokens")),
             output=_int(usage.get("completion_tokens")),
+            cache_write=_int(details.get("cache_write_tokens")),
         )
     return None

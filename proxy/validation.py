@@ -10,9 +10,11 @@ body carries no media, `len(raw body)` is a safe bound found in O(1).
 
 Images are not bounded by their bytes (a URL is short, a base64 image long), so each one
 counts as the model's image ceiling instead of its bytes: `PROXY_IMAGE_TOKEN_CEILING`, or
-more for models that bill an image as many more tokens (`IMAGE_TOKEN_CEILINGS`). Audio, files, stored
-conversation state (`previous_response_id`, `conversation`, item references, stored
-prompts) and hosted tools bill amounts that cannot be bounded before the call: they are
+more for models that bill an image as many more tokens (`IMAGE_TOKEN_CEILINGS`). Audio
+(also a previous audio answer by id), files, stored conversation state
+(`previous_response_id`, `conversation`, item references, reasoning or compaction items
+without their encrypted content, stored prompts) and hosted tools (also in an input
+item's own `tools`) bill amounts that cannot be bounded before the call: they are
 refused with a clear message rather than risk a cap.
 """
 
@@ -56,6 +58,11 @@ _UNBOUNDED_PART_TYPES = {
     "item_reference": "item references (stored items)",
 }
 _FUNCTION_TOOL_TYPES = {"function", "custom"}
+# Responses input items that carry tools of their own (beside the request's `tools`).
+_TOOL_ITEM_TYPES = {"additional_tools", "tool_search_output"}
+# Responses input items whose content is sealed: sent as `encrypted_content`, or else
+# restored by the provider from what it stored under the item's id.
+_SEALED_ITEM_TYPES = {"reasoning", "compaction"}
 
 
 @dataclass(slots=True)
@@ -95,14 +102,38 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_INFINITIES = (float("inf"), float("-inf"))
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    return _parse_json_object(raw)[0]
+
+
+def _parse_json_object(raw: bytes) -> tuple[dict[str, Any], int]:
+    """The body, and how many bytes its floats may differ by between the raw body and the
+    body written again (Python writes `1e15` as `1000000000000000.0`, and `1.000` as `1.0`):
+    the input bound adds them, whichever of the two forms is forwarded."""
+    slack = 0
+
+    def number(text: str) -> float:
+        nonlocal slack
+        value = float(text)
+        if value in _INFINITIES:
+            # 1e400 reads as infinity, and would be written again as `Infinity`.
+            raise ValueError(f"the number {text[:32]} is too large")
+        slack += abs(len(text) - len(repr(value)))
+        return value
+
     try:
         # Decoded as UTF-8 here, not by json.loads: given bytes, it reads UTF-16 and UTF-32
         # as well, and everything after this looks at the raw bytes as UTF-8 (the media
         # markers, the byte bound), so an image in a UTF-16 body went unseen. A BOM is
         # refused too (json.loads names it), rather than forwarded as it came.
         body = json.loads(
-            raw.decode(), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant
+            raw.decode(),
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_no_constant,
+            parse_float=number,
         )
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(
@@ -114,7 +145,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise too_deep() from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
-    return body
+    return body, slack
 
 
 def too_deep() -> ProxyError:
@@ -178,7 +209,8 @@ def _model(body: dict[str, Any]) -> str:
 
 
 def image_token_ceiling(model: str) -> int:
-    name = model.strip().lower()
+    # A fine-tune bills an image as its base model does ("ft:gpt-4o-mini-2024-07-18:org::id").
+    name = model.strip().lower().removeprefix("ft:")
     for prefix, ceiling in IMAGE_TOKEN_CEILINGS.items():
         if name.startswith(prefix):
             return max(ceiling, int(settings.PROXY_IMAGE_TOKEN_CEILING))
@@ -254,22 +286,24 @@ def _input_bound(raw: bytes, body: dict[str, Any], fields: tuple[str, ...], mode
         raise too_deep() from None
 
 
-def _check_tools(body: dict[str, Any]) -> None:
+def _check_tools(body: dict[str, Any], where: str = "") -> None:
+    """Function tools only, in `body["tools"]` (the request's, or an input item's)."""
     tools = body.get("tools")
     if tools is None:
         return
+    param = f"{where}tools"
     if not isinstance(tools, list):
         raise bad_request(
-            "Invalid type for 'tools': expected an array.", param="tools", code="invalid_type"
+            f"Invalid type for '{param}': expected an array.", param=param, code="invalid_type"
         )
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind not in _FUNCTION_TOOL_TYPES:
             raise bad_request(
-                f"Tool type '{kind}' (tools[{i}]) is not supported through BudgetLLM: hosted "
+                f"Tool type '{kind}' ({param}[{i}]) is not supported through BudgetLLM: hosted "
                 "tools bill per call and per retrieved token, which cannot be bounded before "
                 "the call. Use function tools.",
-                param=f"tools[{i}]",
+                param=f"{param}[{i}]",
                 code="unsupported_tool",
             )
 
@@ -310,7 +344,7 @@ _CHAT_PROMPT_FIELDS = (
 
 
 def parse_chat(raw: bytes) -> ParsedRequest:
-    body = parse_json_object(raw)
+    body, slack = _parse_json_object(raw)
     model = _model(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -332,6 +366,17 @@ def parse_chat(raw: bytes) -> ParsedRequest:
                 f"Invalid type for 'messages[{i}].content': expected a string or an array.",
                 param=f"messages[{i}].content",
                 code="invalid_type",
+            )
+        if message.get("audio") is not None:
+            # An assistant message's `{"audio": {"id": "audio_…"}}` has the provider put a
+            # previous audio answer back into the prompt, billed as audio input tokens
+            # (priced far above text) that the id's few bytes do not bound.
+            raise bad_request(
+                f"BudgetLLM does not forward audio from earlier answers ('messages[{i}].audio'):"
+                " the provider bills it as audio input tokens, which cannot be bounded before "
+                "the call, so a cap could be exceeded. Send the answer's transcript as text.",
+                param=f"messages[{i}].audio",
+                code="unsupported_content",
             )
     stream = _opt_bool(body, "stream")
     options = body.get("stream_options")
@@ -393,7 +438,7 @@ def parse_chat(raw: bytes) -> ParsedRequest:
         requested_output_tokens=requested,
         output_fields=fields,
         choices=n,
-        input_tokens_bound=_input_bound(raw, body, _CHAT_PROMPT_FIELDS, model),
+        input_tokens_bound=_input_bound(raw, body, _CHAT_PROMPT_FIELDS, model) + slack,
     )
 
 
@@ -401,7 +446,7 @@ _RESPONSES_PROMPT_FIELDS = ("input", "instructions", "tools", "tool_choice", "te
 
 
 def parse_responses(raw: bytes) -> ParsedRequest:
-    body = parse_json_object(raw)
+    body, slack = _parse_json_object(raw)
     model = _model(body)
     input_ = body.get("input")
     if input_ is None or not isinstance(input_, str | list):
@@ -412,19 +457,41 @@ def parse_responses(raw: bytes) -> ParsedRequest:
         )
     if isinstance(input_, list):
         for i, item in enumerate(input_):
-            # An item reference's `type` is optional: `{"id": "msg_…"}` alone makes the
-            # provider bill the stored item's tokens, which its few bytes do not bound
-            # (and no media marker sends it to the walk that refuses typed ones). Every
-            # other item without a type is a message, which has a role.
-            if isinstance(item, dict) and item.get("type") is None and "role" not in item:
-                raise bad_request(
-                    f"BudgetLLM does not forward item references (stored items) "
-                    f"('input[{i}]' has no type and no role, so it refers to a stored item "
-                    "by id): its token cost cannot be bounded before the call, so a cap "
-                    "could be exceeded. Send the item's full content instead.",
-                    param=f"input[{i}]",
-                    code="unsupported_content",
-                )
+            if not isinstance(item, dict):
+                continue
+            kind = item.get("type")
+            if kind is None or kind == "message":
+                # An item reference's `type` is optional: `{"id": "msg_…"}` alone makes the
+                # provider bill the stored item's tokens, which its few bytes do not bound
+                # (and no media marker sends it to the walk that refuses typed ones). Every
+                # other item without a type is a message, which has a role.
+                if kind is None and "role" not in item:
+                    raise bad_request(
+                        f"BudgetLLM does not forward item references (stored items) "
+                        f"('input[{i}]' has no type and no role, so it refers to a stored "
+                        "item by id): its token cost cannot be bounded before the call, so a "
+                        "cap could be exceeded. Send the item's full content instead.",
+                        param=f"input[{i}]",
+                        code="unsupported_content",
+                    )
+            elif kind in _SEALED_ITEM_TYPES:
+                # Without its encrypted content, the provider restores a reasoning (or
+                # compaction) item stored under its id (`store` defaults to true) and bills
+                # all its tokens as input: the id's few bytes do not bound them.
+                sealed = item.get("encrypted_content")
+                if not isinstance(sealed, str) or not sealed:
+                    raise bad_request(
+                        f"BudgetLLM does not forward {kind} items without their "
+                        f"encrypted_content ('input[{i}]'): the provider would restore the "
+                        "stored item by its id and bill its tokens, which cannot be bounded "
+                        "before the call, so a cap could be exceeded. Pass the item back with "
+                        "its encrypted_content (include 'reasoning.encrypted_content').",
+                        param=f"input[{i}].encrypted_content",
+                        code="unsupported_content",
+                    )
+            elif kind in _TOOL_ITEM_TYPES:
+                # Tools handed to the model in an input item are held to what `tools` is.
+                _check_tools(item, f"input[{i}].")
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise bad_request(
@@ -467,7 +534,7 @@ def parse_responses(raw: bytes) -> ParsedRequest:
         requested_output_tokens=requested,
         output_fields=("max_output_tokens",),
         choices=1,
-        input_tokens_bound=_input_bound(raw, body, _RESPONSES_PROMPT_FIELDS, model),
+        input_tokens_bound=_input_bound(raw, body, _RESPONSES_PROMPT_FIELDS, model) + slack,
     )
 
 

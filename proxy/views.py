@@ -473,11 +473,17 @@ def refusal_error(exc: Refused) -> ProxyError:
 
 def _may_reason(model: str) -> bool:
     """Models that bill hidden reasoning tokens, which a stream never shows (fine-tuned
-    ones too: "ft:o4-mini-2025-04-16:org::id")."""
-    name = model.rsplit("/", 1)[-1].removeprefix("ft:")
-    return (name[:2] in ("o1", "o3", "o4") or name.startswith(("gpt-5", "codex"))) and (
-        "chat" not in name
-    )
+    ones too: "ft:o4-mini-2025-04-16:org::id"): the o-series, codex, and every gpt-N from
+    gpt-5 on (gpt-6-sol, gpt-6.1-terra…), but not their chat models."""
+    name = model.rsplit("/", 1)[-1].lower().removeprefix("ft:")
+    if "chat" in name:
+        return False
+    if name[:1] == "o" and name[1:2].isdigit():
+        return True
+    if name.startswith("gpt-"):
+        major = name[4:].partition("-")[0].partition(".")[0]
+        return major.isdigit() and int(major) >= 5
+    return name.startswith("codex")
 
 
 # The fewest output tokens worth sending a request for, when the budget would lower its
@@ -579,6 +585,7 @@ def _cost(admission: Admission, tokens: Tokens) -> int:
         input_tokens=tokens.input,
         cached_tokens=tokens.cached,
         output_tokens=tokens.output,
+        cache_write_tokens=tokens.cache_write,
     )
 
 
@@ -596,7 +603,9 @@ def _lowered_by_budget(parsed: ParsedRequest, admission: Admission) -> bool:
 
 
 def _upper_bound(parsed: ParsedRequest, admission: Admission) -> Tokens:
-    return Tokens(parsed.input_tokens_bound, 0, admission.output_tokens_allowed * parsed.choices)
+    bound = parsed.input_tokens_bound
+    # Every input token as written to the prompt cache: the dearer way to bill it.
+    return Tokens(bound, 0, admission.output_tokens_allowed * parsed.choices, cache_write=bound)
 
 
 # --- upstream plumbing -----------------------------------------------------------------
@@ -1511,7 +1520,9 @@ async def relay_stream(
                 fell_behind=stalled or behind,
                 reasons=_may_reason(parsed.model),
             )
-            tokens = Tokens(parsed.input_tokens_bound, 0, output)
+            # Every input token as written to the prompt cache: the dearer way to bill it.
+            bound = parsed.input_tokens_bound
+            tokens = Tokens(bound, 0, output, cache_write=bound)
         cost = _cost(admission, tokens)
         # The provider's own failure event already reached the client: recorded as the
         # failure it is (for chat, `state.failed` is known once the estimate read the

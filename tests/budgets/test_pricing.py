@@ -82,6 +82,22 @@ def test_long_context_tier_prices_the_whole_request_above_its_threshold(db) -> N
     assert large > small * 1.5
 
 
+def test_input_written_to_the_prompt_cache_is_priced_and_reserved_at_its_own_price(db) -> None:  # type: ignore[no-untyped-def]
+    # gpt-6-sol: $2 input, $2.50 written to the cache (and twice both above 272,000 tokens).
+    price = price_for(account_id=0, model="gpt-6-sol")
+    assert price.cache_write_micros_per_mtok == 2_500_000
+    assert price.worst_input_rate_for(input_tokens=1000) == 2_500_000
+    assert price.worst_input_rate_for(input_tokens=300_000) == 5_000_000
+    assert cost_micros(price=price, input_tokens=1000, cached_tokens=0, output_tokens=0) == 2000
+    written = cost_micros(
+        price=price, input_tokens=1000, cached_tokens=0, output_tokens=0, cache_write_tokens=1000
+    )
+    assert written == 2500
+    # A model without a cache-write price bills written input as input.
+    mini = price_for(account_id=0, model="gpt-4o-mini")
+    assert mini.worst_input_rate_for(input_tokens=10) == mini.input_micros_per_mtok
+
+
 def test_output_ceiling_table_uses_the_longest_prefix_and_a_safe_default() -> None:
     assert max_output_tokens_for("gpt-4o-mini") == 16_384
     assert max_output_tokens_for("gpt-4.1-nano") == 32_768

@@ -23,7 +23,9 @@ Behaviour, deterministic so tests can assert exact numbers:
   long; `X-Fake-Obfuscation-Bytes: N` adds an `obfuscation` field of N characters to
   every chat stream chunk (as OpenAI pads chunks: bytes that carry no output);
   `X-Fake-Prompt-Tokens: N` reports N input tokens in the usage (what a real provider
-  bills for content the fake cannot count, e.g. an image); `X-Fake-Truncate-Body: N`
+  bills for content the fake cannot count, e.g. an image); `X-Fake-Cache-Write-Tokens: N`
+  reports N of them as written to the prompt cache (`cache_write_tokens`, which newer
+  models bill above the input price); `X-Fake-Truncate-Body: N`
   answers a non-streaming request 200 with its full Content-Length but closes the
   connection after N bytes of the body (the answer was generated, so it was billed);
   with X-Fake-Status, `X-Fake-Retry-After: N` and `X-Fake-Should-Retry: true|false` add
@@ -119,6 +121,10 @@ async def preamble(request: web.Request) -> web.Response | None:
 def reported_prompt_tokens(request: web.Request, counted: int) -> int:
     forced = request.headers.get("X-Fake-Prompt-Tokens")
     return int(forced) if forced else counted
+
+
+def cache_write_tokens(request: web.Request) -> int:
+    return int(request.headers.get("X-Fake-Cache-Write-Tokens", "0"))
 
 
 async def json_answer(request: web.Request, payload: dict[str, Any]) -> web.StreamResponse:
@@ -249,7 +255,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "prompt_tokens_details": {
+                    "cached_tokens": 0,
+                    "audio_tokens": 0,
+                    "cache_write_tokens": cache_write_tokens(request),
+                },
                 "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
             },
             "system_fingerprint": "fp_fake",
@@ -353,7 +363,10 @@ async def responses(request: web.Request) -> web.StreamResponse:
     rid = f"resp_fake{stats[request.path]}"
     usage = {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {
+            "cached_tokens": 0,
+            "cache_write_tokens": cache_write_tokens(request),
+        },
         "output_tokens": len(words),
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input_tokens + len(words),

@@ -58,7 +58,8 @@ def adv_proxy(django_db_setup: None, fake_openai_server: FakeOpenAI) -> Iterator
     env = server_env(
         fake_openai_server.base_url,
         PROXY_FORWARD_HEADERS="x-fake-status,x-fake-delay-ms,x-fake-no-usage,"
-        "x-fake-drop-after,x-fake-stream-delay-only,x-fake-prompt-tokens,x-fake-truncate-body",
+        "x-fake-drop-after,x-fake-stream-delay-only,x-fake-prompt-tokens,x-fake-truncate-body,"
+        "x-fake-cache-write-tokens",
         PROXY_UPSTREAM_READ_TIMEOUT_SECONDS="2",
     )
     with running_proxy(env) as server:
@@ -97,16 +98,21 @@ def assert_within_cap(tenant: Tenant, resp: httpx.Response) -> None:
     assert spent <= limit, f"overshoot: spent {spent} µ$ of a {limit} µ$ cap"
 
 
-def steep_output_price(tenant: Tenant, model: str) -> None:
-    """Output at 100 µ$ per token, input almost free: the output bound decides the cap."""
+def steep_price(tenant: Tenant, model: str, *, input_: int = 1, output: int = 1) -> None:
+    """A custom price per token, in micro-dollars per million tokens."""
     ModelPrice.objects.create(
         account=tenant.account,
         model=model,
-        input_micros_per_mtok=1,
-        cached_input_micros_per_mtok=1,
-        output_micros_per_mtok=100_000_000,
+        input_micros_per_mtok=input_,
+        cached_input_micros_per_mtok=input_,
+        output_micros_per_mtok=output,
         max_output_tokens=16384,
     )
+
+
+def steep_output_price(tenant: Tenant, model: str) -> None:
+    """Output at 100 µ$ per token, input almost free: the output bound decides the cap."""
+    steep_price(tenant, model, output=100_000_000)
 
 
 def prompt_text_bytes(value: Any) -> int:
@@ -238,6 +244,30 @@ def test_numbers_in_tool_schemas_count_every_digit_on_the_walk_path() -> None:
     assert bound >= 100 * 300 // 3, bound
 
 
+def test_floats_count_their_text_as_forwarded_on_both_paths() -> None:
+    # The body is written again when the proxy sets the output limit: "-1e15" (5 bytes in
+    # the raw body, the fast path's bound) goes out as "-1000000000000000.0" (19 bytes).
+    body = {
+        "model": MINI,
+        "messages": [{"role": "user", "content": "pick one"}],
+        "tools": _schema_tool({"x": {"type": "number", "enum": [-1e15] * 2000}}),
+    }
+    raw = json.dumps(body).encode().replace(b"-1000000000000000.0", b"-1e15")
+    assert raw.count(b"-1e15") == 2000
+    parsed = parse_chat(raw)
+    assert parsed.requested_output_tokens is None  # clamped: the body is written again
+    assert parsed.input_tokens_bound >= prompt_text_bytes([body["messages"], body["tools"]])
+    # The walk (a \u escape forces it) counts each number as Python writes it, but a body
+    # sent on untouched (its limit named and affordable) carries the literal as it came.
+    literal = b"1." + b"0" * 100
+    walked = (
+        b'{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"\\u00e9"}],'
+        b'"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object",'
+        b'"properties":{"x":{"type":"number","enum":[' + b",".join([literal] * 2000) + b"]}}}}}]}"
+    )
+    assert parse_chat(walked).input_tokens_bound >= 2000 * len(literal)
+
+
 def test_object_keys_count_their_utf8_bytes_on_the_walk_path() -> None:
     name = "\U00020000" * 1000  # 4,000 UTF-8 bytes
     body = {
@@ -265,6 +295,78 @@ def test_a_screenshot_in_a_responses_input_counts_as_an_image() -> None:
     }
     parsed = parse_responses(json.dumps(body).encode())
     assert parsed.input_tokens_bound >= settings.PROXY_IMAGE_TOKEN_CEILING
+
+
+def test_an_image_for_a_gpt_4o_mini_fine_tune_counts_at_gpt_4o_mini_s_ceiling() -> None:
+    # A fine-tune bills an image as its base model: up to 48,169 tokens, not 6,000.
+    content = [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]
+    for model in ("ft:gpt-4o-mini-2024-07-18:org::abc123", "FT:gpt-4o-mini:org::x"):
+        body = {"model": model, "messages": [{"role": "user", "content": content}]}
+        assert parse_chat(json.dumps(body).encode()).input_tokens_bound >= 48_169
+
+
+def _reasoning(**extra: Any) -> dict[str, Any]:
+    return {"type": "reasoning", "id": "rs_1", "summary": [], **extra}
+
+
+@pytest.mark.parametrize(
+    ("item", "param"),
+    [
+        (_reasoning(), "input[1].encrypted_content"),
+        (_reasoning(encrypted_content=None), "input[1].encrypted_content"),
+        (_reasoning(encrypted_content=""), "input[1].encrypted_content"),
+        ({"type": "compaction", "id": "cmp_1"}, "input[1].encrypted_content"),
+        (
+            {"type": "additional_tools", "role": "developer", "tools": [{"type": "web_search"}]},
+            "input[1].tools[0]",
+        ),
+        (
+            {"type": "tool_search_output", "tools": [{"type": "function", "name": "f"}, {}]},
+            "input[1].tools[1]",
+        ),
+        ({"type": "additional_tools", "role": "developer", "tools": {}}, "input[1].tools"),
+    ],
+)
+def test_responses_items_whose_billed_content_is_not_in_the_body_are_refused(
+    item: dict[str, Any], param: str
+) -> None:
+    body = {"model": "o4-mini", "input": [{"role": "user", "content": "hi"}, item]}
+    with pytest.raises(ProxyError) as caught:
+        parse_responses(json.dumps(body).encode())
+    assert (caught.value.status, caught.value.param) == (400, param)
+
+
+def test_responses_items_that_carry_their_content_are_bounded_by_it() -> None:
+    sealed = "gAAAAAB" + "x" * 3000
+    body = {
+        "model": "o4-mini",
+        "input": [
+            {"type": "message", "role": "user", "content": "hi"},
+            _reasoning(encrypted_content=sealed),
+            {"type": "compaction", "encrypted_content": sealed},
+            {
+                "type": "additional_tools",
+                "role": "developer",
+                "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+            },
+        ],
+    }
+    parsed = parse_responses(json.dumps(body).encode())
+    assert parsed.input_tokens_bound >= 2 * len(sealed)
+
+
+def test_a_previous_audio_answer_by_id_is_refused_in_chat() -> None:
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "audio": {"id": "audio_1"}},
+        {"role": "user", "content": "again"},
+    ]
+    with pytest.raises(ProxyError) as caught:
+        parse_chat(json.dumps({"model": "gpt-4o-audio-preview", "messages": messages}).encode())
+    assert (caught.value.status, caught.value.param) == (400, "messages[1].audio")
+    # An explicit null is no audio.
+    messages[1] = {"role": "assistant", "content": "hello", "audio": None}
+    parse_chat(json.dumps({"model": "gpt-4o-audio-preview", "messages": messages}).encode())
 
 
 def test_duplicate_keys_are_refused_rather_than_forwarded_ambiguously() -> None:
@@ -340,6 +442,15 @@ def test_nan_and_infinity_are_refused_as_the_json_they_are_not(constant: str) ->
             parse(raw.encode())
         assert (caught.value.status, caught.value.code) == (400, "invalid_json")
         assert f"{constant} is not a JSON number" in caught.value.message
+
+
+def test_a_number_too_large_for_a_double_is_refused_not_forwarded_as_infinity() -> None:
+    raw = f'{{"model": "{MINI}", "messages": [{{"role": "user", "content": "x"}}], '
+    raw += '"temperature": 1e400}'
+    for parse in (parse_chat, parse_responses):
+        with pytest.raises(ProxyError) as caught:
+            parse(raw.encode())
+        assert (caught.value.status, caught.value.code) == (400, "invalid_json")
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig"])
@@ -606,7 +717,17 @@ def test_a_responses_stream_hung_up_mid_way_is_charged_and_not_left_reserved(
     proxy: ProxyServer, tenant: Tenant
 ) -> None:
     tenant.cap("1", scope=Cap.Scope.ACCOUNT, period=Cap.Period.DAY)
-    body = {"model": MINI, "input": "Write a long story", "stream": True}
+    hang_up_after_three_deltas(proxy, tenant, MINI, "Write a long story")
+    [record] = eventually(lambda: records(tenant.account))
+    assert record.http_status == 499
+    assert record.cost_micros > 0 and record.output_tokens >= 3
+    assert spent_reserved(tenant)[:2] == (record.cost_micros, 0)
+
+
+def hang_up_after_three_deltas(proxy: ProxyServer, tenant: Tenant, model: str, text: str) -> int:
+    """Stream a Responses answer (events 100 ms apart), hang up after three text deltas;
+    returns the output limit the proxy wrote (X-BudgetLLM-Max-Tokens)."""
+    body = {"model": model, "input": text, "stream": True}
     headers = {
         "Authorization": f"Bearer {tenant.raw}",
         "X-Fake-Delay-Ms": "100",
@@ -618,15 +739,56 @@ def test_a_responses_stream_hung_up_mid_way_is_charged_and_not_left_reserved(
         "POST", proxy.base_url + "/responses", json=body, headers=headers, timeout=20
     ) as resp:
         assert resp.status_code == 200
+        allowed = int(resp.headers["x-budgetllm-max-tokens"])
         for line in resp.iter_lines():
             if "output_text.delta" in line and line.startswith("data:"):
                 deltas += 1
             if deltas == 3:
                 break
+    return allowed
+
+
+@pytest.mark.parametrize(
+    ("model", "reasons"),
+    [
+        ("o4-mini", True),
+        ("gpt-5-mini", True),
+        ("gpt-5.4", True),
+        ("gpt-6-sol", True),
+        ("gpt-6.1-terra", True),
+        ("ft:gpt-6-luna:org::abc", True),
+        ("o5-mini", True),
+        ("codex-mini-latest", True),
+        ("gpt-4o", False),
+        ("gpt-4.1-mini", False),
+        ("gpt-5-chat-latest", False),
+        ("chatgpt-4o-latest", False),
+        ("gpt-chat-latest", False),
+        ("omni-moderation-latest", False),
+    ],
+)
+def test_every_reasoning_family_is_known_to_hide_reasoning_from_a_stream(
+    model: str, reasons: bool
+) -> None:
+    from proxy.views import _may_reason
+
+    assert _may_reason(model) is reasons
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_a_gpt_6_stream_hung_up_mid_way_is_charged_its_hidden_reasoning(
+    proxy: ProxyServer, tenant: Tenant
+) -> None:
+    # gpt-6 models reason in output tokens a stream never shows: a hang-up before the
+    # usage arrives may have been billed every token allowed, not the few bytes streamed.
+    tenant.cap("1", scope=Cap.Scope.ACCOUNT, period=Cap.Period.DAY)
+    allowed = hang_up_after_three_deltas(proxy, tenant, "gpt-6-sol", "Think hard, then answer")
     [record] = eventually(lambda: records(tenant.account))
     assert record.http_status == 499
-    assert record.cost_micros > 0 and record.output_tokens >= 3
-    assert spent_reserved(tenant)[:2] == (record.cost_micros, 0)
+    assert record.output_tokens == allowed
+    spent, reserved, limit = spent_reserved(tenant)
+    assert reserved == 0 and spent == record.cost_micros <= limit
 
 
 @pytest.mark.django_db(transaction=True)
@@ -651,6 +813,137 @@ def test_sdk_streams_with_n_choices_and_tools_are_charged_within_the_reservation
             assert exc.status_code == 402
     spent, reserved, limit = spent_reserved(tenant)
     assert reserved == 0 and 0 < spent <= limit
+
+
+def steep_input_price(tenant: Tenant, model: str) -> None:
+    """Input at 100 µ$ per token, output almost free: the input bound decides the cap."""
+    steep_price(tenant, model, input_=100_000_000)
+
+
+# Requests whose few bytes make the provider bill input they do not carry: a stored item
+# it fetches by id, or a hosted tool whose retrieved content it bills as input tokens.
+# X-Fake-Prompt-Tokens reports what OpenAI bills for them (5,000 tokens, $0.50 here).
+_STORED_CONTENT = [
+    pytest.param(
+        "/responses",
+        {
+            "model": "o4-mini",
+            "max_output_tokens": 16,
+            "input": [
+                {"role": "user", "content": "What is the weather in Paris?"},
+                # store defaults to true: the provider restores the reasoning stored under
+                # this id and bills its tokens as input; only the id is in the body.
+                {"type": "reasoning", "id": "rs_stored_elsewhere", "summary": []},
+                {
+                    "type": "function_call",
+                    "call_id": "call_1",
+                    "name": "weather",
+                    "arguments": "{}",
+                },
+                {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+            ],
+        },
+        id="responses-reasoning-item-by-id",
+    ),
+    pytest.param(
+        "/chat/completions",
+        {
+            "model": "gpt-4o-audio-preview",
+            "max_tokens": 16,
+            "messages": [
+                {"role": "user", "content": "Say something long."},
+                # A previous audio answer by id: billed as audio input tokens.
+                {"role": "assistant", "audio": {"id": "audio_stored_elsewhere"}},
+                {"role": "user", "content": "Now summarise it."},
+            ],
+        },
+        id="chat-assistant-audio-by-id",
+    ),
+    pytest.param(
+        "/responses",
+        {
+            "model": "o4-mini",
+            "max_output_tokens": 16,
+            "input": [
+                # Hosted tools handed over in an input item rather than in `tools`.
+                {
+                    "type": "additional_tools",
+                    "role": "developer",
+                    "tools": [{"type": "web_search"}],
+                },
+                {"role": "user", "content": "Search the news of today."},
+            ],
+        },
+        id="responses-hosted-tool-in-additional-tools-item",
+    ),
+]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+@pytest.mark.parametrize(("path", "body"), _STORED_CONTENT)
+def test_input_the_provider_fetches_or_retrieves_cannot_take_spend_past_the_cap(
+    proxy: ProxyServer, tenant: Tenant, fake_openai: FakeOpenAI, path: str, body: dict[str, Any]
+) -> None:
+    steep_input_price(tenant, body["model"])
+    tenant.cap("0.10", scope=Cap.Scope.ACCOUNT, period=Cap.Period.DAY)
+    resp = post(
+        proxy, tenant, path, body, {"Cache-Control": "no-store", "X-Fake-Prompt-Tokens": "5000"}
+    )
+    assert resp.status_code in (200, 400, 402), resp.text
+    spent, reserved, limit = spent_reserved(tenant)
+    assert reserved == 0
+    assert spent <= limit, f"overshoot: spent {spent} µ$ of a {limit} µ$ cap"
+    assert resp.status_code == 400 and resp.json()["error"]["param"] is not None
+    assert fake_openai.stats().get("/v1" + path, 0) == 0
+
+
+# gpt-6-sol: input 2 µ$ a token, written to the prompt cache 2.5 µ$, output 10 µ$.
+CACHE_WRITE_MODEL = "gpt-6-sol"
+CACHE_WRITE_PROMPT = "word " * 8000  # 40,000 bytes
+
+
+def _written_to_the_cache(proxy: ProxyServer, tenant: Tenant, tokens: int) -> httpx.Response:
+    """A Responses request the fake bills as `tokens` input tokens, all written to the
+    prompt cache, and 16 output tokens."""
+    body = {"model": CACHE_WRITE_MODEL, "input": CACHE_WRITE_PROMPT, "max_output_tokens": 16}
+    headers = {
+        "Cache-Control": "no-store",
+        "X-Fake-Prompt-Tokens": str(tokens),
+        "X-Fake-Cache-Write-Tokens": str(tokens),
+    }
+    return post(proxy, tenant, "/responses", body, headers)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_input_written_to_the_prompt_cache_is_charged_at_the_cache_write_price(
+    proxy: ProxyServer, tenant: Tenant
+) -> None:
+    tenant.cap("10", scope=Cap.Scope.ACCOUNT, period=Cap.Period.DAY)
+    resp = _written_to_the_cache(proxy, tenant, 10_000)
+    assert resp.status_code == 200, resp.text
+    [record] = eventually(lambda: records(tenant.account))
+    # What OpenAI bills: 10,000 tokens written at 2.5 µ$ and 16 output tokens at 10 µ$.
+    assert record.cost_micros >= 10_000 * 25 // 10 + 16 * 10
+    assert resp.headers["x-budgetllm-cost-usd"] == f"{record.cost_micros / 1e6:.6f}"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_input_written_to_the_prompt_cache_cannot_take_spend_past_the_cap(
+    proxy: ProxyServer, tenant: Tenant
+) -> None:
+    # The reservation at the plain input price (~80,500 µ$) fits a $0.09 cap; what OpenAI
+    # bills when every token is written to the cache (100,160 µ$) does not.
+    tenant.cap("0.09", scope=Cap.Scope.ACCOUNT, period=Cap.Period.DAY)
+    resp = _written_to_the_cache(proxy, tenant, 40_000)
+    assert resp.status_code in (200, 402), resp.text
+    billed = 40_000 * 25 // 10 + 16 * 10 if resp.status_code == 200 else 0
+    spent, reserved, limit = spent_reserved(tenant)
+    assert reserved == 0
+    assert spent >= billed, f"the ledger holds {spent} µ$ for a request billed {billed} µ$"
+    assert spent <= limit, f"overshoot: spent {spent} µ$ of a {limit} µ$ cap"
 
 
 # --- concurrency: tiny caps, two workers, mixed keys, models and runs -----------------------
