@@ -79,6 +79,15 @@ def _events(kept: list[bytes]) -> list[bytes]:
     return b"".join(kept).replace(b"\r\n", b"\n").split(b"\n\n")
 
 
+# Output tokens a tool call bills beyond its name and arguments, which a stream never
+# shows: the recipient ("functions.<name>"), the call's special tokens, and for parallel
+# calls a wrapper naming each one. OpenAI billed gpt-4o 16 completion tokens for one
+# get_weather({"location":"Paris, France"}), about 7 more than its name and arguments; a
+# call to `f` with `{}` (3 bytes) was estimated at 3. A generous allowance: it is only
+# charged on a hang-up before the usage, and never beyond the reservation.
+CALL_FRAMING_TOKENS = 32
+
+
 def _has_usage_object(event: bytes) -> bool:
     """A "usage" key whose value is an object (not null), with one search per event."""
     at = event.find(b'"usage":')
@@ -189,7 +198,10 @@ class ChatStream(_KeptEvents):
                     calls.append({"function": delta["function_call"]})
                 for call in calls:
                     fn = call.get("function") or {}
-                    text += (fn.get("name") or "") + (fn.get("arguments") or "")
+                    name = fn.get("name") or ""
+                    if name:  # a call's first chunk: the only one that names it
+                        total += CALL_FRAMING_TOKENS
+                    text += name + (fn.get("arguments") or "")
                 # Every event with text carries at least one token, and a token at least a byte.
                 total += max(len(text.encode()), 1 if text else 0)
         return total
@@ -366,6 +378,8 @@ def chat_replay(full: dict[str, Any], *, include_usage: bool) -> list[bytes]:
     return events
 
 
+# Kept for a hang-up's estimate beside the deltas: it carries a function call's name.
+_ITEM_ADDED = b"response.output_item.added"
 _TERMINAL_RESPONSE_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
 
 
@@ -386,7 +400,7 @@ class ResponsesStream(_KeptEvents):
         for name in _TERMINAL_RESPONSE_EVENTS:
             if events.find(name) != -1:
                 return False
-        if events.find(b"delta") != -1:
+        if events.find(b"delta") != -1 or events.find(_ITEM_ADDED) != -1:
             self._keep(events)
         return True
 
@@ -403,7 +417,7 @@ class ResponsesStream(_KeptEvents):
             self.completed = name == b"response.completed"
             self.failed = name == b"response.failed"
             return event
-        if name.find(b"delta") != -1:
+        if name.find(b"delta") != -1 or name == _ITEM_ADDED:
             self._keep(event)
         return event
 
@@ -412,7 +426,16 @@ class ResponsesStream(_KeptEvents):
             return None
         total = 0
         for event in _events(self.kept):
-            if event_name(event).find(b"delta") == -1:
+            name = event_name(event)
+            if name == _ITEM_ADDED:
+                # A function (or custom tool) call's name comes only here, never in a
+                # delta, yet the model generated it and it is billed as output.
+                item = json.loads(event_data(event)).get("item") or {}
+                called = item.get("name") if isinstance(item, dict) else None
+                if isinstance(called, str) and called:
+                    total += max(len(called.encode()), 1) + CALL_FRAMING_TOKENS
+                continue
+            if name.find(b"delta") == -1:
                 continue
             payload = json.loads(event_data(event))
             delta = payload.get("delta")

@@ -344,3 +344,58 @@ def test_a_legacy_function_call_survives_the_cache_and_counts_on_a_hang_up() -> 
     ]
     sent = [c["choices"][0]["delta"].get("function_call") for c in replayed]
     assert expected in sent
+
+
+def test_a_responses_function_call_name_counts_on_a_hang_up() -> None:
+    # A Responses stream names a function call only in `response.output_item.added` (the
+    # arguments follow as deltas); the model generated, and OpenAI bills, the name's tokens
+    # too. A hang-up before `response.completed` must charge at least name + arguments.
+    name = "get_current_weather_for_a_city"
+    item = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": name}
+    events = [
+        b"event: response.output_item.added\ndata: "
+        + json.dumps(
+            {
+                "type": "response.output_item.added",
+                "sequence_number": 2,
+                "output_index": 0,
+                "item": {**item, "arguments": "", "status": "in_progress"},
+            }
+        ).encode()
+        + b"\n\n",
+        b"event: response.function_call_arguments.delta\ndata: "
+        + json.dumps(
+            {
+                "type": "response.function_call_arguments.delta",
+                "sequence_number": 3,
+                "item_id": "fc_1",
+                "output_index": 0,
+                "delta": "{}",
+            }
+        ).encode()
+        + b"\n\n",
+    ]
+    stream = b"".join(events)
+    for how, reads in cuts(stream, events).items():
+        _, relay = relay_all(reads, ResponsesStream())
+        assert (relay.state.output_estimate() or 0) >= len(name + "{}"), how
+
+
+def test_a_short_tool_call_counts_its_hidden_framing_on_a_hang_up() -> None:
+    # OpenAI bills a tool call's framing (the recipient, its special tokens) as output:
+    # gpt-4o's get_weather({"location":"Paris, France"}) billed 16 completion tokens, ~7
+    # above its name and arguments. A call to `f` with `{}` is 3 bytes, billed ~9 tokens.
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4.1"}
+    first = {"index": 0, "id": "call_1", "type": "function"}
+    deltas = [
+        {
+            "role": "assistant",
+            "tool_calls": [{**first, "function": {"name": "f", "arguments": ""}}],
+        },
+        {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]},
+    ]
+    state = ChatStream(strip_usage=True)
+    for delta in deltas:
+        chunk = {**base, "choices": [{"index": 0, "delta": delta}]}
+        state.process(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    assert (state.output_estimate() or 0) >= len("f{}") + 7

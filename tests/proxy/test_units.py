@@ -333,3 +333,20 @@ def test_a_stream_without_usage_is_charged_its_estimate_unless_the_provider_got_
     # reading from the provider paused for a slow one): all that was allowed.
     assert unreported_output_tokens(120, 16384, fell_behind=False, reasons=True) == 16384
     assert unreported_output_tokens(120, 16384, fell_behind=True, reasons=False) == 16384
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 1000.0, "completion_tokens": 200.0},
+        {"prompt_tokens": "1000", "completion_tokens": "200"},
+        {"input_tokens": 999.5, "output_tokens": 199.2},
+    ],
+)
+def test_usage_counts_written_as_floats_or_strings_are_not_read_as_zero(usage: dict) -> None:
+    # A count the provider (or a gateway in front of it) writes as 1000.0 or "1000" was
+    # read as 0: a reported usage settled for nothing. Read it, rounded up.
+    from proxy.usage import tokens_from_usage
+
+    tokens = tokens_from_usage(usage)
+    assert tokens is not None and tokens.input >= 1000 and tokens.output >= 200
