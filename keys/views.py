@@ -40,7 +40,7 @@ def _account(request: AuthedRequest) -> Account:
     return account
 
 
-def _with_month_spend(account: Account, api_keys: list[ApiKey]) -> list[ApiKey]:
+def _with_spend_and_status(account: Account, api_keys: list[ApiKey]) -> list[ApiKey]:
     """Attach each key's spend this month (account time zone) for the spend column, and
     `capped_until` for a key that a reached key cap holds paused until its window rolls
     over (the issue's auto-pause: shown as paused here, serving again by itself).
@@ -77,7 +77,7 @@ def _context(
 ) -> dict[str, Any]:
     return {
         "provider_keys": selectors.provider_keys_for(account=account),
-        "api_keys": _with_month_spend(account, list(selectors.api_keys_for(account=account))),
+        "api_keys": _with_spend_and_status(account, list(selectors.api_keys_for(account=account))),
         "events": selectors.audit_events_for(account=account),
         "limits": selectors.key_limits_for(account=account),
         "provider_form": provider_form or ProviderKeyForm(),

@@ -611,31 +611,25 @@ def _upper_bound(parsed: ParsedRequest, admission: Admission) -> Tokens:
 # --- upstream plumbing -----------------------------------------------------------------
 
 
-def _passthrough_headers(ex: Exchange, headers: Any) -> list[tuple[bytes, bytes]]:
-    """The provider's headers a client may read (its rate limits, its request id), and
-    the request id kept for the request's log line."""
+# What a provider's refusal tells the client's SDK about retrying it (how long to wait;
+# whether to retry at all). Passed on with a refusal only.
+_RETRY_ADVICE = ("retry-after", "retry-after-ms", "x-should-retry")
+
+
+def _passthrough_headers(
+    ex: Exchange, headers: Any, *, refused: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """The provider's headers a client may read (its rate limits, its request id, and on
+    a refusal its advice on retrying), and the request id kept for the request's log line."""
     out = []
     for name, value in headers.items():
         low = name.lower()
-        if low.startswith(("openai-", "x-ratelimit-")):
+        if low.startswith(("openai-", "x-ratelimit-")) or (refused and low in _RETRY_ADVICE):
             out.append((low.encode(), value.encode("latin-1")))
         elif low == "x-request-id":
             ex.upstream_request_id = value
             out.append((b"x-upstream-request-id", value.encode("latin-1")))
     return out
-
-
-# What a provider's refusal tells the client's SDK about retrying it (how long to wait;
-# whether to retry at all). Passed on with a refusal, as it came; read only on that path.
-_RETRY_ADVICE = ("retry-after", "retry-after-ms", "x-should-retry")
-
-
-def _retry_advice(headers: Any) -> list[tuple[bytes, bytes]]:
-    return [
-        (name.encode(), value.encode("latin-1"))
-        for name, value in headers.items()
-        if name in _RETRY_ADVICE
-    ]
 
 
 def _upstream_headers(ex: Exchange, secret: str, *, stream: bool) -> list[tuple[str, str]]:
@@ -843,12 +837,12 @@ async def generation(ex: Exchange, endpoint: str, path: str, *, max_body: int) -
     flight: Flight | None = None
     mode = cache_mode(ex.headers) if key.cache_ttl_seconds > 0 else OFF
     if mode != OFF:
+        # The provider key and every request header passed on to the provider (OpenAI's
+        # organization, project and beta headers, PROXY_FORWARD_HEADERS) may change the answer.
         headers = ex.headers
         upstream = (
             key.provider_key_id,
-            headers.get("openai-organization", ""),
-            headers.get("openai-project", ""),
-            headers.get("openai-beta", ""),
+            *[headers.get(name, "") for name in _forwarded_request_headers()],
         )
         digest = cache_digest(endpoint=endpoint, body=parsed.body, upstream=upstream)
         cache_down = False
@@ -1162,9 +1156,7 @@ async def relay_plain(
     try:
         resp = await upstream_pool().request(b"POST", upstream_url(path), headers, body)
         status = resp.status
-        passthrough = _passthrough_headers(ex, resp.headers)
-        if status != 200:
-            passthrough += _retry_advice(resp.headers)
+        passthrough = _passthrough_headers(ex, resp.headers, refused=status != 200)
         payload = await resp.read()
     except UpstreamError as exc:
         ex.upstream_seconds = time.perf_counter() - t0
@@ -1390,7 +1382,7 @@ async def relay_stream(
         except UpstreamError:
             payload = b""
         ex.upstream_seconds = time.perf_counter() - t0
-        passthrough = [*_passthrough_headers(ex, resp.headers), *_retry_advice(resp.headers)]
+        passthrough = _passthrough_headers(ex, resp.headers, refused=True)
         await _pass_refusal(ex, parsed, admission, run_id, resp.status, payload, passthrough)
         return None
 
@@ -1629,7 +1621,7 @@ async def models(ex: Exchange, path: str) -> None:
     try:
         resp = await upstream_pool().request(b"GET", upstream_url(path), headers)
         status = resp.status
-        passthrough = _passthrough_headers(ex, resp.headers)
+        passthrough = _passthrough_headers(ex, resp.headers, refused=status != 200)
         payload = await resp.read()
     except UpstreamError as exc:
         raise _upstream_failure(exc, charged=False) from None  # listing models is free
@@ -1637,5 +1629,4 @@ async def models(ex: Exchange, path: str) -> None:
         ex.upstream_seconds = time.perf_counter() - t0
     if status != 200:
         payload = _as_envelope(payload, status)
-        passthrough += _retry_advice(resp.headers)
     await ex.respond(status, payload, extra=passthrough)
